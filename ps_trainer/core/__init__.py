@@ -1,0 +1,12 @@
+"""The transport-free core: flat layout, update rule, Polyak average, staleness policies, shard."""
+
+from .layout import FlatModel, ParamLayout, ShardSpec
+from .optim import NesterovMomentum
+from .policy import POLICIES, Async, DropStale, StalenessAwareLR, make_policy
+from .polyak import PolyakAverage
+from .schedule import LRSchedule
+from .shard import PushResult, ShardState
+
+__all__ = ["Async", "DropStale", "FlatModel", "LRSchedule", "NesterovMomentum", "POLICIES",
+           "ParamLayout", "PolyakAverage", "PushResult", "ShardSpec", "ShardState",
+           "StalenessAwareLR", "make_policy"]

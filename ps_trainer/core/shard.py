@@ -1,0 +1,191 @@
+"""One parameter-server shard's state machine (DistBelief's parameter-server shard, Dean et al. 2012).
+
+The Ray actor, the gRPC servicer and the in-process simulator all wrap this same object, so the
+update rule and the staleness accounting are written and tested once, without any cluster.
+
+Invariants:
+- `version` counts the updates this shard applied. A pull returns the version it read; a push
+  carries it back and staleness = version now - version read.
+- Every push ends in exactly one outcome, counted in `counters` (and per worker): a push that is
+  malformed (wrong size, dtype, shard, non-finite values, version from the future) is rejected and
+  leaves every array and the version unchanged.
+- The optimizer (Nesterov momentum, weight decay, lr schedule) runs here, in place; workers send
+  raw gradients. The Polyak average follows every applied update.
+- BatchNorm running statistics are state, not gradients: each push may carry the worker's current
+  statistics; the shard keeps each worker's latest and serves their mean.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .optim import BLOCK, NesterovMomentum, blocks
+from .policy import REJECTED, Async, Decision
+from .polyak import PolyakAverage
+from .schedule import LRSchedule
+
+
+@dataclass(frozen=True)
+class PushResult:
+    shard: int
+    worker: int
+    outcome: str  # one of policy.OUTCOMES
+    version_read: int  # the version the gradient was computed on (-1 when unreadable)
+    staleness: int  # version at arrival - version read (-1 when the push was unreadable)
+    version: int  # the shard's version after this push
+    lr: float  # learning rate applied (0 when rejected)
+    reason: str = ""  # why it was rejected, for the metrics and the error counters
+
+
+class ShardState:
+    def __init__(self, index: int, params: np.ndarray, buffers: np.ndarray | None = None, *,
+                 optimizer: NesterovMomentum | None = None, schedule: LRSchedule | None = None,
+                 policy=None, averager: PolyakAverage | None = None, block: int = BLOCK):
+        self.index = index
+        self.params = np.array(params, dtype=np.float32, copy=True)  # (P_i,) owned, updated in place
+        self.momentum = np.zeros_like(self.params)  # (P_i,) Nesterov buffer
+        self.average = self.params.copy() if averager is not None else None  # (P_i,) Polyak weights
+        self.buffers = np.array(buffers if buffers is not None else [], np.float32, copy=True)  # (B_i,)
+        self.bn_slots: dict[int, np.ndarray] = {}  # worker -> latest BatchNorm statistics
+        self.optimizer = optimizer or NesterovMomentum()
+        self.schedule = schedule or LRSchedule(0.01)
+        self.policy = policy or Async()
+        self.averager = averager
+        self.block = block
+        self.version = 0
+        self.counters: Counter = Counter()  # outcome -> pushes
+        self.worker_counters: dict[int, Counter] = {}  # worker -> outcome -> pushes
+        self.reject_reasons: Counter = Counter()
+        self.staleness_sum = 0  # over pushes whose staleness could be read, for the mean
+        self.staleness_count = 0
+        self.lock = threading.Lock()  # held while arrays change; kernels release the GIL
+        # torch views over the numpy storage: the kernels write the numpy arrays in place.
+        self._w, self._buf = torch.from_numpy(self.params), torch.from_numpy(self.momentum)
+        self._avg = torch.from_numpy(self.average) if self.average is not None else None
+
+    # ---- pull ------------------------------------------------------------------------------------
+    def pull(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """Read-only views of the weights and the served BatchNorm statistics, and the version."""
+        w = self.params.view()
+        w.flags.writeable = False
+        return w, self.bn_mean(), self.version
+
+    def snapshot(self, averaged: bool = False) -> tuple[np.ndarray, int]:
+        """One contiguous copy `[weights | BatchNorm statistics]` and its version, taken under the
+        lock so it is never torn by a concurrent push. This is what crosses a process boundary."""
+        with self.lock:
+            w = self.average if averaged and self.average is not None else self.params
+            return np.concatenate([w, self.bn_mean()]), self.version
+
+    def bn_mean(self) -> np.ndarray:
+        if not self.bn_slots:
+            return self.buffers.copy()
+        return np.mean(np.stack(list(self.bn_slots.values())), axis=0, dtype=np.float32)
+
+    # ---- push ------------------------------------------------------------------------------------
+    def _validate(self, grad, version_read, bn_stats, shard) -> str:
+        if shard is not None and shard != self.index:
+            return f"push for shard {shard} reached shard {self.index}"
+        if not isinstance(grad, np.ndarray):
+            return f"gradient must be a numpy array, got {type(grad).__name__}"
+        if grad.dtype != np.float32:
+            return f"gradient dtype {grad.dtype}, expected float32"
+        if grad.ndim != 1 or grad.shape[0] != self.params.shape[0]:
+            return f"gradient shape {grad.shape}, expected ({self.params.shape[0]},)"
+        if not isinstance(version_read, (int, np.integer)) or not 0 <= version_read <= self.version:
+            return f"version_read {version_read!r} outside [0, {self.version}]"
+        if bn_stats is not None:
+            if not isinstance(bn_stats, np.ndarray) or bn_stats.dtype != np.float32 \
+                    or bn_stats.shape != self.buffers.shape:
+                return f"BatchNorm statistics must be float32 of shape {self.buffers.shape}"
+            if not np.isfinite(bn_stats).all():
+                return "BatchNorm statistics contain NaN or Inf"
+        # A float64 sum is finite iff every float32 element is (it cannot overflow): one read
+        # pass, no temporary the size of the gradient.
+        if not np.isfinite(torch.from_numpy(grad).sum(dtype=torch.float64).item()):
+            return "gradient contains NaN or Inf"
+        return ""
+
+    def push(self, grad: np.ndarray, version_read: int, worker: int = 0,
+             bn_stats: np.ndarray | None = None, shard: int | None = None) -> PushResult:
+        """Apply (or reject) one gradient. Never raises on bad input: the outcome says what happened."""
+        with self.lock:
+            reason = self._validate(grad, version_read, bn_stats, shard)
+            if reason:
+                return self._record(worker, Decision(REJECTED, 0.0, reason), -1, -1, 0.0)
+            staleness = self.version - int(version_read)
+            decision = self.policy.decide(staleness)
+            if decision.outcome == REJECTED:
+                return self._record(worker, decision, int(version_read), staleness, 0.0)
+            lr = self.schedule(self.version) * decision.lr_scale
+            self._apply(torch.from_numpy(grad), lr)
+            if bn_stats is not None and bn_stats.size:
+                self.bn_slots[worker] = bn_stats.copy()
+            return self._record(worker, decision, int(version_read), staleness, lr)
+
+    def _apply(self, g: torch.Tensor, lr: float) -> None:
+        self.version += 1
+        weight = self.averager.weight(self.version) if self.averager else 0.0
+        # Block by block, so the Polyak lerp reads weights the SGD kernel just left in cache.
+        if self._avg is None:
+            self.optimizer.step(self._w, self._buf, g, lr)
+            return
+        for w, buf, gb, avg in blocks(self._w, self._buf, g, self._avg, size=self.block):
+            self.optimizer.step(w, buf, gb, lr)
+            avg.lerp_(w, weight)
+
+    def _record(self, worker: int, decision: Decision, version_read: int, staleness: int,
+                lr: float) -> PushResult:
+        self.counters[decision.outcome] += 1
+        self.worker_counters.setdefault(worker, Counter())[decision.outcome] += 1
+        if decision.outcome == REJECTED:
+            self.reject_reasons[decision.reason.split(" ")[0] if decision.reason else "policy"] += 1
+        if staleness >= 0:
+            self.staleness_sum += staleness
+            self.staleness_count += 1
+        return PushResult(self.index, worker, decision.outcome, version_read, staleness, self.version,
+                          lr, decision.reason)
+
+    # ---- accounting and checkpoints -------------------------------------------------------------
+    def stats(self) -> dict:
+        pushes = sum(self.counters.values())
+        return {"shard": self.index, "version": self.version, "pushes": pushes,
+                "counters": dict(self.counters),
+                "worker_counters": {w: dict(c) for w, c in self.worker_counters.items()},
+                "reject_reasons": dict(self.reject_reasons),
+                "mean_staleness": self.staleness_sum / max(1, self.staleness_count)}
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume this shard: arrays are copies, safe to write out."""
+        with self.lock:
+            return {"index": self.index, "version": self.version, "params": self.params.copy(),
+                    "momentum": self.momentum.copy(),
+                    "average": None if self.average is None else self.average.copy(),
+                    "buffers": self.buffers.copy(),
+                    "bn_slots": {w: a.copy() for w, a in self.bn_slots.items()},
+                    "counters": dict(self.counters),
+                    "worker_counters": {w: dict(c) for w, c in self.worker_counters.items()},
+                    "staleness_sum": self.staleness_sum, "staleness_count": self.staleness_count}
+
+    def load_state_dict(self, sd: dict) -> None:
+        if sd["index"] != self.index or sd["params"].shape != self.params.shape:
+            raise ValueError(f"checkpoint of shard {sd['index']} with {sd['params'].shape[0]} "
+                             f"parameters does not fit shard {self.index} with {self.params.shape[0]}")
+        with self.lock:
+            # Copy into the existing arrays: the torch views the kernels use must stay valid.
+            self.params[:] = sd["params"]
+            self.momentum[:] = sd["momentum"]
+            if self.average is not None and sd["average"] is not None:
+                self.average[:] = sd["average"]
+            self.buffers[:] = sd["buffers"]
+            self.bn_slots = {int(w): np.asarray(a, np.float32).copy() for w, a in sd["bn_slots"].items()}
+            self.version = int(sd["version"])
+            self.counters = Counter(sd["counters"])
+            self.worker_counters = {int(w): Counter(c) for w, c in sd["worker_counters"].items()}
+            self.staleness_sum = int(sd["staleness_sum"])
+            self.staleness_count = int(sd["staleness_count"])

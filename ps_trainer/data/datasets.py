@@ -1,0 +1,86 @@
+"""Data sets, as numpy arrays in NCHW float32 with int64 labels.
+
+- `digits`: scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes; from the UCI
+  repository, Alpaydin & Kaynak 1998). Real, and needs no download, so it is the embedded default.
+- `synthetic`: random ImageNet-shaped tensors (for throughput benchmarks, never for accuracy).
+
+A `Dataset` is split once, with a seed, into train and held-out parts; the train part is then cut
+into disjoint worker partitions by `partition` (DistBelief: each model replica owns a data shard).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DATASETS = ("digits", "synthetic")
+
+
+@dataclass
+class Dataset:
+    name: str
+    x_train: np.ndarray  # (N, C, H, W) float32, normalized
+    y_train: np.ndarray  # (N,) int64
+    x_test: np.ndarray  # (M, C, H, W)
+    y_test: np.ndarray  # (M,)
+    num_classes: int
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])
+
+
+def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.2,
+                 synthetic_shape: tuple[int, int, int] = (3, 224, 224),
+                 synthetic_size: int = 256, num_classes: int = 1000) -> Dataset:
+    if name == "digits":
+        return _digits(seed, test_fraction)
+    if name == "synthetic":
+        rng = np.random.default_rng(seed)
+        n_test = max(1, int(synthetic_size * test_fraction))
+        x = rng.standard_normal((synthetic_size + n_test, *synthetic_shape), dtype=np.float32)
+        y = rng.integers(0, num_classes, synthetic_size + n_test)
+        return Dataset(name, x[n_test:], y[n_test:], x[:n_test], y[:n_test], num_classes)
+    raise ValueError(f"unknown --dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+
+
+def _digits(seed: int, test_fraction: float) -> Dataset:
+    from sklearn.datasets import load_digits  # bundled with scikit-learn, works offline
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None]  # (1797, 1, 8, 8), pixels 0..16 -> 0..1
+    x = (x - 0.3) / 0.4  # roughly zero mean, unit variance
+    y = d.target.astype(np.int64)
+    order = np.random.default_rng(seed).permutation(len(y))
+    n_test = int(round(len(y) * test_fraction))
+    test, train = order[:n_test], order[n_test:]
+    return Dataset("digits", x[train], y[train], x[test], y[test], 10)
+
+
+def partition(n: int, parts: int, seed: int) -> list[np.ndarray]:
+    """Disjoint, near-equal index sets covering range(n), shuffled with `seed`."""
+    if parts > n:
+        raise ValueError(f"--workers {parts} is more than the {n} training examples")
+    order = np.random.default_rng(seed).permutation(n)
+    return [np.sort(p) for p in np.array_split(order, parts)]
+
+
+class Batches:
+    """An endless stream of shuffled mini-batches over one partition, reshuffled every epoch."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
+        self.x, self.y, self.batch_size = x, y, min(batch_size, len(y))
+        self.rng = np.random.default_rng(seed)
+        self.epoch, self._order, self._pos = 0, self.rng.permutation(len(y)), 0
+
+    def __next__(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._pos + self.batch_size > len(self.y):  # drop the ragged tail, as DataLoader(drop_last)
+            self.epoch += 1
+            self._order, self._pos = self.rng.permutation(len(self.y)), 0
+        idx = self._order[self._pos:self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return self.x[idx], self.y[idx]
+
+    def __iter__(self):
+        return self

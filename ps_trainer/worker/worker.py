@@ -1,0 +1,113 @@
+"""A model replica: pull -> forward/backward -> push, against any PS client (Downpour SGD, Dean et
+al. 2012, sec. 4.1).
+
+Invariants:
+- Parameters, gradients and BatchNorm buffers are views into flat tensors (`FlatModel`): a pulled
+  shard lands with one copy, and a push sends a slice of the flat gradient with no gather.
+- The worker never waits for other workers. It waits for its own pushes only when more than
+  `max_inflight` steps are still unacknowledged (back-pressure, so nothing piles up unboundedly).
+- Downpour's knobs: weights are fetched every `fetch_every` steps and gradients accumulated over
+  `push_every` steps (their mean is pushed), which the staleness harness can sweep.
+- Every push's result (outcome, staleness, lr) becomes one metrics row.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.layout import FlatModel, ShardSpec
+from ..data.datasets import Batches
+from ..models import training_loss
+
+
+class Worker:
+    def __init__(self, worker_id: int, flat: FlatModel, shards: list[ShardSpec], client,
+                 batches: Batches, *, image_size: int | None = None, in_channels: int | None = None,
+                 fetch_every: int = 1, push_every: int = 1, max_inflight: int = 2,
+                 aux_weight: float = 0.3, label_smoothing: float = 0.0, device="cpu",
+                 delay: float = 0.0):
+        self.id = worker_id
+        self.flat, self.model, self.shards, self.client = flat, flat.model, shards, client
+        self.batches = batches
+        self.image_size, self.in_channels = image_size, in_channels
+        self.fetch_every, self.push_every, self.max_inflight = fetch_every, push_every, max_inflight
+        self.aux_weight, self.label_smoothing = aux_weight, label_smoothing
+        self.device, self.delay = torch.device(device), delay
+        self.versions = [0] * len(shards)  # shard versions of the weights in the model now
+        self.inflight: deque = deque()  # (step, loss, handles) awaiting acknowledgement
+        self.rows: list[dict] = []  # one per acknowledged push
+        self.step_count = 0
+        self.pushes_sent = 0
+        self.images = 0
+        self.last_loss = float("nan")
+        self.model.train()
+
+    # ---- the three moves of a step ------------------------------------------------------------
+    def pull(self) -> None:
+        """Copy every shard's weights (and served BatchNorm statistics) into the flat buffers."""
+        for spec, (arr, version) in zip(self.shards, self.client.pull()):
+            p0, p1 = spec.params
+            b0, b1 = spec.buffers
+            self.flat.params[p0:p1].copy_(torch.from_numpy(arr[:p1 - p0]))  # arr is read-only
+            self.flat.buffers[b0:b1].copy_(torch.from_numpy(arr[p1 - p0:]))
+            self.versions[spec.index] = version
+
+    def compute(self) -> float:
+        """Forward and backward on one mini-batch; gradients accumulate in the flat buffer."""
+        x, y = next(self.batches)
+        x = torch.from_numpy(x).to(self.device, non_blocking=True)  # (B, C, H, W)
+        y = torch.from_numpy(y).to(self.device, non_blocking=True)  # (B,)
+        if self.in_channels and x.shape[1] != self.in_channels:
+            x = x.expand(-1, self.in_channels, -1, -1)  # grey -> RGB for ImageNet models
+        if self.image_size and x.shape[-1] != self.image_size:
+            x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
+        loss = training_loss(self.model(x), y, aux_weight=self.aux_weight,
+                             label_smoothing=self.label_smoothing)
+        (loss / self.push_every).backward()  # the pushed gradient is the mean over push_every
+        self.images += len(y)
+        return float(loss.detach())
+
+    def push(self, loss: float) -> None:
+        grads = self.flat.grads.cpu().numpy()  # (P,)
+        bn = self.flat.buffers.cpu().numpy()  # (Bf,)
+        handles = [self.client.push(s.index, grads[s.params[0]:s.params[1]], self.versions[s.index],
+                                    self.id, bn[s.buffers[0]:s.buffers[1]]) for s in self.shards]
+        self.pushes_sent += len(handles)
+        self.inflight.append((self.step_count, loss, time.time(), handles))
+        while len(self.inflight) > self.max_inflight:
+            self._acknowledge()
+
+    def _acknowledge(self) -> None:
+        step, loss, t, handles = self.inflight.popleft()
+        for r in self.client.results(handles):
+            self.rows.append({"time": t, "worker": self.id, "shard": r.shard, "step": step,
+                              "version_read": r.version_read, "staleness": r.staleness, "outcome": r.outcome, "lr": r.lr,
+                              "loss": loss, "version": r.version, "reason": r.reason})
+
+    def step(self) -> float:
+        """One Downpour step: maybe pull, compute, maybe push. Returns the mini-batch loss."""
+        if self.step_count % self.fetch_every == 0:
+            self.pull()
+        if self.delay:
+            time.sleep(self.delay)  # an injected straggler (s per step)
+        loss = self.compute()
+        self.step_count += 1
+        self.last_loss = loss
+        if self.step_count % self.push_every == 0:
+            self.push(loss)
+            self.flat.zero_grad()
+        return loss
+
+    def flush(self) -> None:
+        """Wait for every push in flight, so the metrics account for all of them."""
+        while self.inflight:
+            self._acknowledge()
+
+    def drain_rows(self) -> list[dict]:
+        rows, self.rows = self.rows, []
+        return rows

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from ps_trainer.core import FlatModel, ParamLayout
+from ps_trainer.models import build
+
+
+def test_layout_covers_every_parameter_once_and_shards_are_near_equal():
+    model = build("digits_cnn")
+    layout = ParamLayout.from_model(model)
+    assert layout.num_params == sum(p.numel() for p in model.parameters())
+    # offsets are contiguous, in named_parameters order
+    ends = [e.offset + e.numel for e in layout.params]
+    assert [e.offset for e in layout.params[1:]] == ends[:-1] and ends[-1] == layout.num_params
+    # BatchNorm: running_mean and running_var, not num_batches_tracked (integer)
+    assert {e.name.rsplit(".", 1)[1] for e in layout.buffers} == {"running_mean", "running_var"}
+    for s in (1, 2, 3, 7):
+        shards = layout.shards(s)
+        sizes = [sh.num_params for sh in shards]
+        assert sum(sizes) == layout.num_params and max(sizes) - min(sizes) <= 1
+        assert shards[0].params[0] == 0 and all(a.params[1] == b.params[0] for a, b in zip(shards, shards[1:]))
+        assert sum(sh.num_buffers for sh in shards) == layout.num_buffers
+
+
+def test_too_many_shards_is_a_clear_error():
+    layout = ParamLayout.from_model(nn.Linear(2, 1))  # 3 parameters
+    with pytest.raises(ValueError, match=r"--ps-shards 4 is more than the model's 3 parameters"):
+        layout.shards(4)
+    with pytest.raises(ValueError, match="--ps-shards must be >= 1"):
+        layout.shards(0)
+
+
+def test_flat_model_parameters_grads_and_buffers_are_views():
+    torch.manual_seed(0)
+    model = build("digits_cnn")
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    flat = FlatModel(model)
+    for k, v in model.state_dict().items():  # values unchanged by re-pointing
+        assert torch.equal(v, reference[k]), k
+    x = torch.randn(4, 1, 8, 8)
+    model(x).sum().backward()
+    assert flat.grads_are_views()
+    assert flat.grads.abs().sum() > 0
+    # BatchNorm updated its running statistics inside the flat buffer
+    assert not torch.equal(flat.buffers, torch.from_numpy(ParamLayout.from_model(build("digits_cnn")).flatten(build("digits_cnn"))[1]))
+    # a write into the flat vector is a write into the model
+    flat.params.zero_()
+    assert all(float(p.detach().abs().sum()) == 0 for p in model.parameters())
+    # gradients stay views across steps (zeroed in place, accumulated in place)
+    flat.zero_grad()
+    model(x).sum().backward()
+    assert flat.grads_are_views() and flat.grads.abs().sum() > 0
+
+
+def test_flatten_and_load_round_trip():
+    model = build("digits_cnn")
+    layout = ParamLayout.from_model(model)
+    p, b = layout.flatten(model)
+    other = build("digits_cnn")
+    layout.load_into(other, p, b)
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), other.state_dict().items()):
+        if v.is_floating_point():
+            assert torch.equal(v, v2), k
+    assert layout.fingerprint() == ParamLayout.from_model(other).fingerprint()
+    assert layout.fingerprint() != ParamLayout.from_model(build("digits_cnn", width=8)).fingerprint()
+    assert p.dtype == np.float32 and p.flags.c_contiguous
