@@ -1,11 +1,15 @@
 """The model zoo: `build(name, num_classes=..., **options)`, `list_models()`, `get_spec(name)`.
 
 Importing this package imports every family module so that each registers its models.
+docs/models.md lists them with their parameter and multiply-add counts (`describe`, `model_table`).
 """
 
-from . import small  # noqa: F401  (registers models)
+from . import googlenet, small  # noqa: F401  (registers models)
+from .flops import MacReport, count_macs, count_params
 from .outputs import AuxOutputs, main_logits, training_loss
 from .registry import ModelSpec, build, get_spec, list_models, register_model
+from .summary import build_meta, describe, format_table, model_table
 
-__all__ = ["AuxOutputs", "ModelSpec", "build", "get_spec", "list_models", "main_logits",
-           "register_model", "training_loss"]
+__all__ = ["AuxOutputs", "MacReport", "ModelSpec", "build", "build_meta", "count_macs",
+           "count_params", "describe", "format_table", "get_spec", "list_models", "main_logits",
+           "model_table", "register_model", "training_loss"]

@@ -34,6 +34,7 @@ class DigitsCNN(nn.Module):
         return self.fc(torch.flatten(self.features(x), 1))  # (B, num_classes)
 
 
-@register_model(input_size=8, min_input_size=2, in_channels=1, paper="small CNN for 8x8 digits")
+@register_model(input_size=8, min_input_size=2, in_channels=1, num_classes=10,
+                paper="small CNN for 8x8 digits")
 def digits_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 32) -> nn.Module:
     return DigitsCNN(num_classes, in_channels, width)
