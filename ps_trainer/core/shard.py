@@ -21,6 +21,8 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -40,6 +42,10 @@ class PushResult:
     version: int  # the shard's version after this push
     lr: float  # learning rate applied (0 when rejected)
     reason: str = ""  # why it was rejected, for the metrics and the error counters
+
+
+# Arrays from Ray's object store are read-only; we only ever read them through torch.from_numpy.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
 class ShardState:

@@ -23,8 +23,14 @@ from ..core.shard import PushResult, ShardState
 class ParameterServerShard:
     """Wraps one `ShardState`. Create with `ray.remote(ParameterServerShard).options(...)`."""
 
-    def __init__(self, state: ShardState, publish_every: int = 1, publish_interval: float = 0.0):
-        self.state = state
+    def __init__(self, index: int, params: np.ndarray, buffers: np.ndarray, *, optimizer,
+                 schedule, policy, averager, publish_every: int = 1,
+                 publish_interval: float = 0.0, threads: int = 1):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.state = ShardState(index, params, buffers, optimizer=optimizer, schedule=schedule,
+                                policy=policy, averager=averager)
         self.publish_every = publish_every  # versions between published snapshots
         self.publish_interval = publish_interval  # s, at least this long between publications
         self._published: dict[bool, tuple] = {}  # averaged -> ([ref], version, time)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import time
 from collections import deque
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,10 @@ import torch.nn.functional as F
 from ..core.layout import FlatModel, ShardSpec
 from ..data.datasets import Batches
 from ..models import training_loss
+
+
+# Arrays from Ray's object store are read-only; we only ever read them through torch.from_numpy.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
 class Worker:
@@ -40,7 +46,7 @@ class Worker:
         self.device, self.delay = torch.device(device), delay
         self.versions = [0] * len(shards)  # shard versions of the weights in the model now
         self.inflight: deque = deque()  # (step, loss, handles) awaiting acknowledgement
-        self.rows: list[dict] = []  # one per acknowledged push
+        self.rows: deque = deque()  # one per acknowledged push; deque: drained from another thread
         self.step_count = 0
         self.pushes_sent = 0
         self.images = 0
@@ -86,8 +92,9 @@ class Worker:
         step, loss, t, handles = self.inflight.popleft()
         for r in self.client.results(handles):
             self.rows.append({"time": t, "worker": self.id, "shard": r.shard, "step": step,
-                              "version_read": r.version_read, "staleness": r.staleness, "outcome": r.outcome, "lr": r.lr,
-                              "loss": loss, "version": r.version, "reason": r.reason})
+                              "version_read": r.version_read, "staleness": r.staleness,
+                              "outcome": r.outcome, "lr": r.lr, "loss": loss,
+                              "version": r.version, "reason": r.reason})
 
     def step(self) -> float:
         """One Downpour step: maybe pull, compute, maybe push. Returns the mini-batch loss."""
@@ -109,5 +116,4 @@ class Worker:
             self._acknowledge()
 
     def drain_rows(self) -> list[dict]:
-        rows, self.rows = self.rows, []
-        return rows
+        return [self.rows.popleft() for _ in range(len(self.rows))]

@@ -1,0 +1,177 @@
+"""The one configuration object of a run: defaults here, a YAML file over them, flags over that.
+
+Every field says why it exists. `validate()` is the only place values are checked, and it runs
+before Ray or any actor starts, so a bad flag fails in a second, naming the flag and what is
+allowed. The resolved config is written into every run directory (`config.yaml`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    # --- what to train -------------------------------------------------------------------------
+    model: str = _f("digits_cnn", "model name from the zoo (`ps-train models` lists them)")
+    dataset: str = _f("digits", "digits (scikit-learn's bundled 8x8 digits, no download) or "
+                                "synthetic (random ImageNet-shaped data, for throughput only)")
+    image_size: int = _f(0, "side of the square input in pixels; 0 = the data's own size, raised "
+                            "to the model's minimum if smaller")
+    # --- the parameter server and its workers (Dean et al. 2012) --------------------------------
+    workers: int = _f(4, "asynchronous worker actors, each with its own data partition")
+    ps_shards: int = _f(2, "parameter-server shards the flat weight vector is cut into")
+    batch_size: int = _f(32, "mini-batch per worker step")
+    epochs: float = _f(25.0, "passes over the training set, counted over all workers together")
+    max_time: float = _f(0.0, "stop after this many seconds of training (0 = no limit)")
+    # --- the optimizer, on the server (Szegedy et al. 2014: momentum 0.9, x0.96 every 8 epochs) --
+    lr: float = _f(0.05, "base learning rate")
+    momentum: float = _f(0.9, "Nesterov momentum coefficient, in [0, 1)")
+    nesterov: bool = _f(True, "Nesterov momentum (false: classical heavy-ball momentum)")
+    weight_decay: float = _f(5e-4, "L2 weight decay added to the gradient on the server")
+    lr_schedule: str = _f("constant", "constant or step (multiply by --lr-decay every "
+                                      "--lr-decay-epochs)")
+    lr_decay: float = _f(0.96, "step-decay factor (GoogLeNet: 0.96)")
+    lr_decay_epochs: float = _f(8.0, "epochs between step decays (GoogLeNet: 8)")
+    warmup_epochs: float = _f(0.0, "epochs of linear learning-rate warm-up")
+    polyak_decay: str = _f("0.99", "Polyak averaging: an exponential decay in (0, 1), or 'mean' "
+                                   "for the running mean of the iterates")
+    polyak_start_epochs: float = _f(0.0, "epoch from which the Polyak average starts")
+    label_smoothing: float = _f(-1.0, "label smoothing of the loss; -1 = the model's default "
+                                      "(Inception v3: 0.1, else 0)")
+    aux_weight: float = _f(0.3, "weight of each auxiliary classifier's loss (GoogLeNet: 0.3)")
+    # --- staleness ------------------------------------------------------------------------------
+    policy: str = _f("async", "what a shard does with stale pushes: async, staleness_lr, drop_stale")
+    max_staleness: int = _f(4, "drop_stale: reject pushes staler than this")
+    # --- the hot path (Downpour's knobs) -----------------------------------------------------------
+    fetch_every: int = _f(1, "worker steps between weight fetches (Downpour's n_fetch)")
+    push_every: int = _f(1, "worker steps whose gradients are accumulated per push (n_push)")
+    max_inflight: int = _f(2, "pushes a worker may have unacknowledged before it waits "
+                              "(0 = wait for each push)")
+    publish_every: int = _f(1, "shard versions between published weight snapshots")
+    publish_interval: float = _f(0.0, "seconds between published snapshots, at least")
+    # --- evaluation -------------------------------------------------------------------------------
+    eval_every: float = _f(3.0, "seconds between evaluations of the raw and Polyak weights "
+                                "(stretched if evaluating takes long)")
+    bn_batches: int = _f(20, "training batches used to recompute BatchNorm statistics for the "
+                             "Polyak weights (swa_utils.update_bn)")
+    # --- where it runs ----------------------------------------------------------------------------
+    address: str = _f("", "Ray cluster address to join (or set RAY_ADDRESS); empty = start Ray "
+                          "locally on 127.0.0.1")
+    device: str = _f("auto", "auto (GPU per worker if the cluster has them), cpu or cuda")
+    threads_per_worker: int = _f(1, "torch threads in each CPU worker (1 was the most stable)")
+    seed: int = _f(0, "seed of initialization, data split, partitions and batch order")
+    run_dir: str = _f("", "run directory; empty = a new folder under ./runs/")
+    progress: bool = _f(True, "show the progress bar")
+
+    CHOICES = {"dataset": ("digits", "synthetic"), "lr_schedule": ("constant", "step"),
+               "device": ("auto", "cpu", "cuda")}
+
+    # ---- loading ----------------------------------------------------------------------------
+    @classmethod
+    def fields(cls):
+        return [f for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> "TrainConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"--config {path}: no such file")
+        raw = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"--config {path}: expected a mapping of settings, got {type(raw).__name__}")
+        return cls.from_dict({**raw, **(overrides or {})}, source=str(path))
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "settings") -> "TrainConfig":
+        known = {f.name: f for f in cls.fields()}
+        cfg = cls()
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ValueError(f"{source}: unknown setting {key!r}; known settings: "
+                                 f"{', '.join(sorted(known))}")
+            setattr(cfg, name, _coerce(name, value, known[name].default))
+        return cfg
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    # ---- the one place values are checked -----------------------------------------------------
+    def polyak(self) -> float | None:
+        return None if self.polyak_decay == "mean" else float(self.polyak_decay)
+
+    def validate(self) -> "TrainConfig":
+        from .core.policy import POLICIES
+        from .models import get_spec
+
+        get_spec(self.model)  # raises: unknown model 'x'; choose one of: ...
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one "
+                                 f"of: {', '.join(allowed)}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"--policy {self.policy!r}: unknown policy; choose one of: "
+                             f"{', '.join(POLICIES)}")
+        _check(self.workers >= 1, "workers", self.workers, "an integer >= 1")
+        _check(self.ps_shards >= 1, "ps-shards", self.ps_shards, "an integer >= 1")
+        _check(self.batch_size >= 1, "batch-size", self.batch_size, "an integer >= 1")
+        _check(self.epochs > 0, "epochs", self.epochs, "a number > 0")
+        _check(self.max_time >= 0, "max-time", self.max_time, "seconds >= 0 (0 = no limit)")
+        _check(self.lr > 0, "lr", self.lr, "a number > 0")
+        _check(0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
+        _check(self.weight_decay >= 0, "weight-decay", self.weight_decay, "a number >= 0")
+        _check(0 < self.lr_decay <= 1, "lr-decay", self.lr_decay, "a number in (0, 1]")
+        _check(self.lr_decay_epochs > 0, "lr-decay-epochs", self.lr_decay_epochs, "a number > 0")
+        _check(self.warmup_epochs >= 0, "warmup-epochs", self.warmup_epochs, "a number >= 0")
+        try:
+            decay = self.polyak()
+        except ValueError:
+            decay = -1.0
+        _check(decay is None or 0 < decay < 1, "polyak-decay", self.polyak_decay,
+               "a number in (0, 1) or 'mean'")
+        _check(self.polyak_start_epochs >= 0, "polyak-start-epochs", self.polyak_start_epochs, ">= 0")
+        _check(self.label_smoothing == -1 or 0 <= self.label_smoothing < 1, "label-smoothing",
+               self.label_smoothing, "a number in [0, 1), or -1 for the model's default")
+        _check(self.aux_weight >= 0, "aux-weight", self.aux_weight, "a number >= 0")
+        _check(self.max_staleness >= 0, "max-staleness", self.max_staleness, "an integer >= 0")
+        for name in ("fetch_every", "push_every", "publish_every", "threads_per_worker", "bn_batches"):
+            _check(getattr(self, name) >= 1, name.replace("_", "-"), getattr(self, name), "an integer >= 1")
+        _check(self.max_inflight >= 0, "max-inflight", self.max_inflight, "an integer >= 0")
+        _check(self.publish_interval >= 0, "publish-interval", self.publish_interval, "seconds >= 0")
+        _check(self.eval_every > 0, "eval-every", self.eval_every, "seconds > 0")
+        _check(self.image_size >= 0, "image-size", self.image_size, "pixels >= 0 (0 = automatic)")
+        return self
+
+
+def _check(ok: bool, flag: str, value, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"--{flag} {value!r} is out of range: expected {allowed}")
+
+
+def _coerce(name: str, value, default):
+    """YAML and flags give strings or numbers; make them the field's type, or say which field."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        return type(default)(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"--{name.replace('_', '-')} {value!r}: expected "
+                         f"{type(default).__name__}") from None

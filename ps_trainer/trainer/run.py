@@ -1,0 +1,277 @@
+"""Builds and runs one training run: shards, workers, periodic evaluation, the run directory.
+
+The order matters: everything that can be wrong with the settings (model, data, shards, memory,
+resources) is checked before Ray or any actor starts, so a bad run fails in seconds with a message
+that names the fix. Once running, the driver never blocks the workers: it drains their metrics,
+evaluates the raw and Polyak weights from published snapshots, and draws the progress bar. On
+Ctrl-C or SIGTERM it stops the workers, waits for their pushes, writes what it has and kills every
+actor it made.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..core import LRSchedule, NesterovMomentum, ParamLayout, PolyakAverage, make_policy
+from ..data import load_dataset, partition
+from ..models import build, get_spec
+from .cluster import available_memory, estimate_worker_memory, plan_resources, start_ray
+from .evaluate import evaluate, has_batchnorm, recompute_bn
+from .metrics import RunDirectory, new_run_dir
+from .progress import ProgressBar
+from .summary import summarize
+
+
+@dataclass
+class Plan:
+    """What `prepare` decided, before any actor exists."""
+
+    cfg: TrainConfig
+    data: object
+    in_channels: int
+    image_size: int
+    steps_per_worker: int
+    updates_per_epoch: float
+    layout: ParamLayout
+    model: torch.nn.Module
+    notes: list
+
+
+def prepare(cfg: TrainConfig) -> Plan:
+    """Validate everything that can be validated without a cluster."""
+    cfg.validate()
+    spec = get_spec(cfg.model)
+    size = cfg.image_size or spec.input_size
+    data = load_dataset(cfg.dataset, seed=cfg.seed, synthetic_shape=(spec.in_channels, size, size))
+    notes = []
+    native = data.image_shape[-1]
+    image_size = cfg.image_size or native
+    if image_size < spec.min_input_size:
+        if cfg.image_size:
+            raise ValueError(f"--image-size {cfg.image_size} is too small for {cfg.model}: it needs "
+                             f"at least {spec.min_input_size} pixels (the paper uses {spec.input_size})")
+        image_size = spec.min_input_size
+        notes.append(f"{cfg.dataset} images are {native}x{native}; {cfg.model} needs at least "
+                     f"{image_size}x{image_size}, so they are upsampled to that (set --image-size)")
+    n_train = len(data.y_train)
+    partition(n_train, cfg.workers, cfg.seed)  # raises if there are more workers than examples
+    steps = math.ceil(cfg.epochs * n_train / (cfg.batch_size * cfg.workers))
+    torch.manual_seed(cfg.seed)
+    model = build(cfg.model, num_classes=data.num_classes, in_channels=spec.in_channels)
+    layout = ParamLayout.from_model(model)
+    layout.shards(cfg.ps_shards)  # raises if there are more shards than parameters
+    return Plan(cfg, data, spec.in_channels, image_size, steps,
+                n_train / (cfg.batch_size * cfg.push_every), layout, model, notes)
+
+
+def check_memory(plan: Plan) -> None:
+    """On a single machine, refuse a run whose workers would not fit in memory."""
+    cfg = plan.cfg
+    try:
+        probe = build(cfg.model, num_classes=plan.data.num_classes, in_channels=plan.in_channels)
+        per_worker = estimate_worker_memory(probe, cfg.batch_size, plan.in_channels, plan.image_size)
+    except Exception:  # noqa: BLE001 - an estimate we cannot make is not a reason to refuse
+        return
+    need = cfg.workers * per_worker + cfg.ps_shards * (400 << 20) + 4 * 4 * plan.layout.num_params
+    have = available_memory()
+    if have and need > 0.9 * have:
+        fit = max(1, int((0.9 * have - cfg.ps_shards * (400 << 20)) // per_worker))
+        raise ValueError(
+            f"{cfg.workers} workers of {cfg.model} at batch {cfg.batch_size} and "
+            f"{plan.image_size}x{plan.image_size} need about {need / 2**30:.1f} GiB "
+            f"({per_worker / 2**30:.2f} GiB each), but this machine has {have / 2**30:.1f} GiB "
+            f"available; use --workers {fit} or a smaller --batch-size or --image-size, or join a "
+            f"cluster with --address")
+
+
+def make_shards(plan: Plan, resources) -> list:
+    import ray
+
+    from ..transport.ray_shard import ParameterServerShard
+
+    cfg = plan.cfg
+    params, buffers = plan.layout.flatten(plan.model)
+    upe = plan.updates_per_epoch
+    schedule = LRSchedule(cfg.lr, cfg.lr_schedule, cfg.lr_decay,
+                          max(1, round(cfg.lr_decay_epochs * upe)), round(cfg.warmup_epochs * upe))
+    averager = PolyakAverage(cfg.polyak(), round(cfg.polyak_start_epochs * upe))
+    options = {"max_staleness": cfg.max_staleness} if cfg.policy == "drop_stale" else {}
+    actor = ray.remote(ParameterServerShard)
+    shards = []
+    for s in plan.layout.shards(cfg.ps_shards):
+        shards.append(actor.options(num_cpus=resources.shard_cpus, max_concurrency=8).remote(
+            s.index, params[s.params[0]:s.params[1]], buffers[s.buffers[0]:s.buffers[1]],
+            optimizer=NesterovMomentum(cfg.momentum, cfg.weight_decay, cfg.nesterov),
+            schedule=schedule, policy=make_policy(cfg.policy, **options), averager=averager,
+            publish_every=cfg.publish_every, publish_interval=cfg.publish_interval,
+            threads=max(1, int(resources.shard_cpus))))
+    return shards
+
+
+def make_workers(plan: Plan, shards: list, resources) -> list:
+    import ray
+
+    from ..worker.ray_worker import WorkerActor
+
+    cfg, data = plan.cfg, plan.data
+    spec = get_spec(cfg.model)
+    smoothing = cfg.label_smoothing if cfg.label_smoothing >= 0 else getattr(spec, "label_smoothing", 0.0)
+    options = dict(image_size=plan.image_size, fetch_every=cfg.fetch_every,
+                   push_every=cfg.push_every, max_inflight=cfg.max_inflight,
+                   aux_weight=cfg.aux_weight, label_smoothing=smoothing)
+    actor = ray.remote(WorkerActor)
+    workers = []
+    for i, idx in enumerate(partition(len(data.y_train), cfg.workers, cfg.seed)):
+        workers.append(actor.options(num_cpus=resources.worker_cpus, num_gpus=resources.worker_gpus,
+                                     max_concurrency=2).remote(
+            i, cfg.model, data.num_classes, plan.in_channels, shards, plan.layout.shards(cfg.ps_shards),
+            data.x_train[idx], data.y_train[idx], batch_size=cfg.batch_size, seed=cfg.seed,
+            device=resources.device, threads=cfg.threads_per_worker, options=options))
+    return workers
+
+
+class Evaluator:
+    """Evaluates the weights the shards published, on the driver, while the workers keep going."""
+
+    def __init__(self, plan: Plan, shards: list):
+        from ..transport.ray_shard import RayClient
+
+        self.plan, self.client = plan, RayClient(shards)
+        self.model = plan.model
+        self.specs = plan.layout.shards(plan.cfg.ps_shards)
+        self.bn = has_batchnorm(self.model)
+
+    def __call__(self, step: int, t0: float) -> list[dict]:
+        cfg, data, layout = self.plan.cfg, self.plan.data, self.plan.layout
+        rows = []
+        for weights in ("raw", "polyak"):
+            snaps = self.client.pull(averaged=weights == "polyak")
+            params = np.concatenate([a[:s.num_params] for (a, _), s in zip(snaps, self.specs)])
+            buffers = np.concatenate([a[s.num_params:] for (a, _), s in zip(snaps, self.specs)])
+            layout.load_into(self.model, params, buffers)
+            bn = "none"
+            if self.bn:
+                bn = "pushed"
+                if weights == "polyak":
+                    recompute_bn(self.model, data.x_train, cfg.batch_size, cfg.bn_batches,
+                                 self.plan.in_channels, self.plan.image_size, cfg.seed)
+                    bn = f"recomputed ({cfg.bn_batches} batches)"
+            m = evaluate(self.model, data.x_test, data.y_test, in_channels=self.plan.in_channels,
+                         image_size=self.plan.image_size)
+            rows.append({"time": time.time(), "elapsed": time.time() - t0, "step": step,
+                         "weights": weights, "bn": bn, **m})
+        return rows
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    """Run `cfg` to the end (or to Ctrl-C) and return the summary."""
+    plan = prepare(cfg)
+    for note in plan.notes:
+        log(f"note: {note}")
+    local = not (cfg.address or os.environ.get("RAY_ADDRESS"))
+    if local:
+        check_memory(plan)
+        resources = plan_resources(cfg.workers, cfg.ps_shards, cfg.device,
+                                   {"CPU": os.cpu_count(), "GPU": torch.cuda.device_count()})
+    import ray
+
+    started = start_ray(cfg.address or None)
+    actors: list = []
+    run = None
+    try:
+        if not local:
+            resources = plan_resources(cfg.workers, cfg.ps_shards, cfg.device, ray.cluster_resources())
+        for w in resources.warnings:
+            log(f"warning: {w}")
+        torch.set_num_threads(max(1, cfg.threads_per_worker))
+        run = RunDirectory(cfg.run_dir or new_run_dir("runs", cfg.model), cfg.to_yaml())
+        shards = make_shards(plan, resources)
+        workers = make_workers(plan, shards, resources)
+        actors = shards + workers
+        return drive(plan, shards, workers, run, log)
+    finally:
+        for a in actors:
+            ray.kill(a)
+        if run is not None:
+            run.close()
+        if started:
+            ray.shutdown()
+
+
+def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log) -> dict:
+    import ray
+
+    cfg = plan.cfg
+    t0 = time.time()
+    evaluator = Evaluator(plan, shards)
+    bar = ProgressBar(plan.steps_per_worker * cfg.workers, enabled=cfg.progress)
+    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+    progress = {i: {"steps": 0, "images": 0, "loss": float("nan"), "pushes_sent": 0}
+                for i in range(len(workers))}
+    latest = {"raw": float("nan"), "polyak": float("nan")}
+    recent_staleness: list[int] = []
+    interrupted = stopped_for_time = False
+    run.evals.write(evaluator(0, t0))
+    eval_cost, next_eval = 0.0, time.time() + cfg.eval_every
+    pending = [w.run.remote(plan.steps_per_worker) for w in workers]
+    try:
+        while pending:
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+            for rows, prog in ray.get([w.drain.remote() for w in workers]):
+                run.pushes.write(rows)
+                progress[prog["worker"]] = prog
+                recent_staleness += [r["staleness"] for r in rows if r["staleness"] >= 0]
+            steps = sum(p["steps"] for p in progress.values())
+            if cfg.max_time and time.time() - t0 > cfg.max_time and not stopped_for_time:
+                stopped_for_time = True
+                ray.get([w.stop.remote() for w in workers])
+            if pending and time.time() >= next_eval:
+                e0 = time.time()
+                for r in evaluator(steps, t0):
+                    latest[r["weights"]] = r["top1"]
+                    run.evals.write([r])
+                eval_cost = time.time() - e0
+                next_eval = time.time() + max(cfg.eval_every, 4 * eval_cost)
+            elapsed = max(1e-9, time.time() - t0)
+            recent_staleness = recent_staleness[-2000:]
+            bar.update(steps, **{
+                "steps/s": f"{steps / elapsed:.1f}",
+                "img/s": f"{sum(p['images'] for p in progress.values()) / elapsed:.0f}",
+                "loss": f"{np.nanmean([p['loss'] for p in progress.values()]):.3f}"
+                if steps else "-",
+                "stale": f"{np.mean(recent_staleness):.1f}" if recent_staleness else "-",
+                "acc raw/polyak": f"{100 * latest['raw']:.1f}/{100 * latest['polyak']:.1f}%"})
+    except KeyboardInterrupt:
+        interrupted = True
+        log("\ninterrupted: stopping workers and writing what was done")
+        ray.get([w.stop.remote() for w in workers], timeout=30)
+        ray.wait(pending, num_returns=len(pending), timeout=60)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        bar.close()
+    train_time = time.time() - t0
+    for rows, prog in ray.get([w.drain.remote() for w in workers]):
+        run.pushes.write(rows)
+        progress[prog["worker"]] = prog
+    steps = sum(p["steps"] for p in progress.values())
+    final = evaluator(steps, t0)
+    run.evals.write(final)
+    shard_stats = ray.get([s.stats.remote() for s in shards])
+    run.close()
+    summary, table = summarize(plan, final, shard_stats, progress, run.path, train_time,
+                               interrupted=interrupted, stopped_for_time=stopped_for_time)
+    run.write_summary(summary, table)
+    log(table)
+    return summary
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt

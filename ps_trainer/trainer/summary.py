@@ -1,0 +1,69 @@
+"""The end-of-run summary: a table a person reads first, and the same numbers as a dict.
+
+It also checks the accounting invariant of DESIGN.md for every worker: pushes sent = pushes the
+shards recorded (applied + scaled + ... + rejected), and that the metrics file has one row each.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+
+def summarize(plan, final_evals: list[dict], shard_stats: list[dict], progress: dict,
+              run_path: Path, train_time: float, *, interrupted: bool = False,
+              stopped_for_time: bool = False) -> tuple[dict, str]:
+    cfg = plan.cfg
+    pushes = \
+        pq.read_table(run_path / "pushes.parquet", columns=["worker", "staleness", "outcome"])
+    staleness = np.asarray(pushes.column("staleness").to_numpy())
+    staleness = staleness[staleness >= 0]
+    outcomes = Counter()
+    recorded = Counter()  # worker -> pushes the shards counted
+    for s in shard_stats:
+        outcomes.update(s["counters"])
+        for w, c in s["worker_counters"].items():
+            recorded[int(w)] += sum(c.values())
+    sent = {int(w): p["pushes_sent"] for w, p in progress.items()}
+    rows_per_worker = Counter(pushes.column("worker").to_pylist())
+    accounted = all(sent[w] == recorded[w] == rows_per_worker[w] for w in sent)
+    images = sum(p["images"] for p in progress.values())
+    steps = sum(p["steps"] for p in progress.values())
+    evals = {r["weights"]: r for r in final_evals}
+    summary = {
+        "model": cfg.model, "dataset": cfg.dataset, "workers": cfg.workers,
+        "ps_shards": cfg.ps_shards, "policy": cfg.policy, "run_dir": str(run_path),
+        "train_seconds": train_time, "steps": steps, "images": images,
+        "images_per_s": images / max(train_time, 1e-9), "steps_per_s": steps / max(train_time, 1e-9),
+        "pushes_sent": sum(sent.values()), "outcomes": dict(outcomes), "accounted": accounted,
+        "mean_staleness": float(staleness.mean()) if staleness.size else 0.0,
+        "max_staleness": int(staleness.max()) if staleness.size else 0,
+        "versions": [s["version"] for s in shard_stats],
+        "raw": {k: evals["raw"][k] for k in ("top1", "top5", "loss")},
+        "polyak": {k: evals["polyak"][k] for k in ("top1", "top5", "loss")},
+        "polyak_bn": evals["polyak"]["bn"], "interrupted": interrupted,
+        "stopped_for_time": stopped_for_time,
+    }
+    lines = [f"## ps-train: {cfg.model} on {cfg.dataset}, {cfg.workers} workers, "
+             f"{cfg.ps_shards} shards, policy {cfg.policy}"
+             + (" (interrupted)" if interrupted else " (stopped at --max-time)" if stopped_for_time else ""),
+             "",
+             "| weights | top-1 | top-5 | loss | BatchNorm statistics |",
+             "| --- | ---: | ---: | ---: | --- |"]
+    for w in ("raw", "polyak"):
+        e = evals[w]
+        lines.append(f"| {w} | {100 * e['top1']:.2f}% | {100 * e['top5']:.2f}% | {e['loss']:.4f} | {e['bn']} |")
+    lines += ["",
+              "| pushes sent | " + " | ".join(sorted(outcomes)) + " | accounted | mean staleness | max staleness |",
+              "| ---: | " + " | ".join("---:" for _ in outcomes) + " | --- | ---: | ---: |",
+              f"| {summary['pushes_sent']} | " + " | ".join(str(outcomes[k]) for k in sorted(outcomes))
+              + f" | {'yes' if accounted else 'NO'} | {summary['mean_staleness']:.2f} | {summary['max_staleness']} |",
+              "",
+              f"{steps} worker steps, {images} images in {train_time:.1f} s: "
+              f"{summary['images_per_s']:.0f} images/s, {summary['steps_per_s']:.1f} steps/s; "
+              f"shard versions {summary['versions']}",
+              f"run directory: {run_path}"]
+    return summary, "\n".join(lines)

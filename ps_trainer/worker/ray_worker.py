@@ -1,0 +1,58 @@
+"""The worker as a Ray actor: builds its model replica and runs `Worker.step` in a loop.
+
+The actor is threaded (max_concurrency=2) so the driver can drain metrics or ask it to stop while
+`run` is looping. Its data partition arrives as numpy arrays (zero-copy from the object store).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import torch
+
+from ..core.layout import FlatModel, ShardSpec
+from ..data.datasets import Batches
+from ..models import build
+from ..transport.ray_shard import RayClient
+from .worker import Worker
+
+
+class WorkerActor:
+    def __init__(self, worker_id: int, model_name: str, num_classes: int, in_channels: int,
+                 shards: list, specs: list[ShardSpec], x: np.ndarray, y: np.ndarray, *,
+                 batch_size: int, seed: int, device: str, threads: int, options: dict):
+        torch.set_num_threads(threads)
+        torch.manual_seed(seed * 1000 + worker_id)
+        model = build(model_name, num_classes=num_classes, in_channels=in_channels)
+        dev = "cuda" if device == "cuda" else "cpu"
+        flat = FlatModel(model, device=dev)
+        batches = Batches(x, y, batch_size, seed=seed * 1000 + worker_id)
+        self.worker = Worker(worker_id, flat, specs, RayClient(shards), batches,
+                             in_channels=in_channels, device=dev, **options)
+        self._stop = threading.Event()
+        self.started = self.finished = 0.0
+
+    def run(self, steps: int) -> dict:
+        """Run up to `steps` steps (or until `stop`), then wait for every push in flight."""
+        self.started = time.time()
+        for _ in range(steps):
+            if self._stop.is_set():
+                break
+            self.worker.step()
+        self.worker.flush()
+        self.finished = time.time()
+        return self.progress()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def progress(self) -> dict:
+        w = self.worker
+        return {"worker": w.id, "steps": w.step_count, "images": w.images, "loss": w.last_loss,
+                "pushes_sent": w.pushes_sent, "inflight": len(w.inflight)}
+
+    def drain(self) -> tuple[list[dict], dict]:
+        """Metrics rows acknowledged since the last drain, and progress counters."""
+        return self.worker.drain_rows(), self.progress()
