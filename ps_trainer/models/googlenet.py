@@ -179,7 +179,7 @@ class GoogLeNet(nn.Module):
 PAPER = "Szegedy et al. 2014, Going Deeper with Convolutions"
 
 
-@register_model(input_size=224, min_input_size=15, min_train_input_size=65, aux_heads=2,
+@register_model(input_size=224, min_input_size=31, min_train_input_size=79, aux_heads=2,
                 aux_weight=0.3, paper=PAPER + " (Table 1)", aliases=("inception_v1",))
 def googlenet(num_classes: int = 1000, in_channels: int = 3, **options) -> GoogLeNet:
     """The paper's GoogLeNet: LRN, no BatchNorm, 5x5 branches, two aux heads (loss x0.3)."""
