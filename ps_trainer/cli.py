@@ -71,9 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         from .trainer import train
 
         summary = train(cfg, log=lambda s: print(s, flush=True))
-    except ValueError as e:
+    except ValueError as e:  # bad settings: nothing was started
         print(f"ps-train: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # the run failed; what it did is in its run directory
+        print(f"ps-train: error: {e}", file=sys.stderr)
+        return 1
     return 130 if summary.get("interrupted") else 0
 
 

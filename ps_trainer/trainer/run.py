@@ -207,6 +207,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
 
 def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log) -> dict:
+    """Watch the workers until they finish, evaluating and drawing progress on the way."""
     import ray
 
     cfg = plan.cfg
@@ -217,51 +218,65 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log) -> di
     progress = {i: {"steps": 0, "images": 0, "loss": float("nan"), "pushes_sent": 0}
                 for i in range(len(workers))}
     latest = {"raw": float("nan"), "polyak": float("nan")}
-    recent_staleness: list[int] = []
-    interrupted = stopped_for_time = False
+    staleness: list[int] = []  # of recent pushes, for the progress bar
+    alive = set(range(len(workers)))
+    failure, interrupted, stopped_for_time = "", False, False
+
+    def drain() -> int:
+        for rows, prog in ray.get([workers[i].drain.remote() for i in sorted(alive)]):
+            run.pushes.write(rows)
+            progress[prog["worker"]] = prog
+            staleness.extend(r["staleness"] for r in rows if r["staleness"] >= 0)
+        del staleness[:-2000]
+        return sum(p["steps"] for p in progress.values())
+
+    def stop_all() -> None:
+        ray.get([workers[i].stop.remote() for i in sorted(alive)], timeout=30)
+
     run.evals.write(evaluator(0, t0))
-    eval_cost, next_eval = 0.0, time.time() + cfg.eval_every
-    pending = [w.run.remote(plan.steps_per_worker) for w in workers]
+    next_eval = time.time() + cfg.eval_every
+    pending = {w.run.remote(plan.steps_per_worker): i for i, w in enumerate(workers)}
     try:
-        while pending:
-            _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
-            for rows, prog in ray.get([w.drain.remote() for w in workers]):
-                run.pushes.write(rows)
-                progress[prog["worker"]] = prog
-                recent_staleness += [r["staleness"] for r in rows if r["staleness"] >= 0]
-            steps = sum(p["steps"] for p in progress.values())
+        while pending and not failure:
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.5)
+            for ref in done:
+                i = pending.pop(ref)
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayError as e:
+                    alive.discard(i)
+                    failure = f"worker {i} failed: {str(e).strip().splitlines()[-1]}"
+            steps = drain()
             if cfg.max_time and time.time() - t0 > cfg.max_time and not stopped_for_time:
                 stopped_for_time = True
-                ray.get([w.stop.remote() for w in workers])
+                stop_all()
             if pending and time.time() >= next_eval:
                 e0 = time.time()
                 for r in evaluator(steps, t0):
                     latest[r["weights"]] = r["top1"]
                     run.evals.write([r])
-                eval_cost = time.time() - e0
-                next_eval = time.time() + max(cfg.eval_every, 4 * eval_cost)
+                # Evaluation shares the CPU with the workers: never let it take over 20% of it.
+                next_eval = time.time() + max(cfg.eval_every, 4 * (time.time() - e0))
             elapsed = max(1e-9, time.time() - t0)
-            recent_staleness = recent_staleness[-2000:]
             bar.update(steps, **{
                 "steps/s": f"{steps / elapsed:.1f}",
                 "img/s": f"{sum(p['images'] for p in progress.values()) / elapsed:.0f}",
-                "loss": f"{np.nanmean([p['loss'] for p in progress.values()]):.3f}"
-                if steps else "-",
-                "stale": f"{np.mean(recent_staleness):.1f}" if recent_staleness else "-",
+                "loss": f"{np.nanmean([p['loss'] for p in progress.values()]):.3f}" if steps else "-",
+                "stale": f"{np.mean(staleness):.1f}" if staleness else "-",
                 "acc raw/polyak": f"{100 * latest['raw']:.1f}/{100 * latest['polyak']:.1f}%"})
     except KeyboardInterrupt:
         interrupted = True
         log("\ninterrupted: stopping workers and writing what was done")
-        ray.get([w.stop.remote() for w in workers], timeout=30)
-        ray.wait(pending, num_returns=len(pending), timeout=60)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         bar.close()
+    if failure:
+        log(f"error: {failure}; stopping the other workers")
+    if interrupted or failure:
+        stop_all()
+        ray.wait(list(pending), num_returns=len(pending), timeout=60)
     train_time = time.time() - t0
-    for rows, prog in ray.get([w.drain.remote() for w in workers]):
-        run.pushes.write(rows)
-        progress[prog["worker"]] = prog
-    steps = sum(p["steps"] for p in progress.values())
+    steps = drain()
     final = evaluator(steps, t0)
     run.evals.write(final)
     shard_stats = ray.get([s.stats.remote() for s in shards])
@@ -270,6 +285,8 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log) -> di
                                interrupted=interrupted, stopped_for_time=stopped_for_time)
     run.write_summary(summary, table)
     log(table)
+    if failure:
+        raise RuntimeError(f"{failure} (metrics so far are in {run.path})")
     return summary
 
 

@@ -43,7 +43,7 @@ class WorkerActor:
             self.worker.step()
         self.worker.flush()
         self.finished = time.time()
-        return self.progress()
+        return {**self.progress(), "seconds": self.finished - self.started}
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,0 +1,33 @@
+# One command per job. Each sets up .venv first (CPU torch wheel unless a GPU is present).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: setup train test test-slow test-gpu bench clean
+
+$(STAMP): pyproject.toml
+	bash scripts/setup.sh $(VENV) $(PY)
+	touch $(STAMP)
+
+setup: $(STAMP)                          ## create .venv and install the project
+
+train: $(STAMP)                          ## the embedded default: digits, 4 async workers, 2 shards
+	$(BIN)/ps-train $(ARGS)
+
+test: $(STAMP)                           ## the default test run (< 10 min on 2 cores)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-slow: $(STAMP)                      ## the slow tests (full-size models, long runs)
+	$(BIN)/python -m pytest -q -m slow $(ARGS)
+
+test-gpu: $(STAMP)                       ## GPU tests (on a machine with CUDA)
+	$(BIN)/python -m pytest -q -m gpu $(ARGS)
+
+bench: $(STAMP)                          ## benchmarks; results go to docs/benchmarks.md
+	$(BIN)/python benchmarks/bench_shard_update.py
+	$(BIN)/python benchmarks/bench_worker.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

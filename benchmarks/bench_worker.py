@@ -1,0 +1,118 @@
+"""One worker's images/s against a plain PyTorch training loop (issue 2's target: at least 85%).
+
+Same model, batch size, data and torch thread count. The baseline is the pytorch/examples loop:
+forward, backward, `torch.optim.SGD(nesterov=True).step()`, in one process. The worker is the real
+thing: a `WorkerActor` in its own Ray process pulling from and pushing to a real
+`ParameterServerShard` actor (which applies the update in its own process). Rounds alternate
+baseline and worker; the medians are reported.
+
+    python benchmarks/bench_worker.py [--models resnet20 digits_cnn] [--steps 40] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, write_section  # noqa: E402
+
+from ps_trainer.config import TrainConfig  # noqa: E402
+from ps_trainer.data import Batches  # noqa: E402
+from ps_trainer.models import build, get_spec, training_loss  # noqa: E402
+from ps_trainer.trainer.cluster import ResourcePlan, start_ray  # noqa: E402
+from ps_trainer.trainer.run import make_shards, make_workers, prepare  # noqa: E402
+
+SIZES = {"digits_cnn": (1, 8), "resnet20": (3, 32), "resnet18": (3, 64)}
+
+
+def data_for(model: str, n: int = 512, seed: int = 0):
+    c, s = SIZES.get(model, (3, get_spec(model).input_size))
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, c, s, s), dtype=np.float32), rng.integers(0, 10, n)
+
+
+def plain_loop(model_name: str, batch: int, steps: int, threads: int) -> float:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build(model_name, num_classes=10, in_channels=SIZES.get(model_name, (3,))[0])
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    x, y = data_for(model_name)
+    batches = Batches(x, y, batch, seed=0)
+    model.train()
+
+    def step():
+        xb, yb = next(batches)
+        opt.zero_grad()
+        training_loss(model(torch.from_numpy(xb)), torch.from_numpy(yb)).backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.perf_counter() - t)
+
+
+def ps_worker(model_name: str, batch: int, steps: int, threads: int) -> float:
+    import ray
+
+    cfg = TrainConfig(model=model_name, workers=1, ps_shards=1, batch_size=batch,
+                      threads_per_worker=threads, progress=False).validate()
+    plan = prepare(cfg)
+    x, y = data_for(model_name)
+    plan.data.x_train, plan.data.y_train = x, y.astype(np.int64)
+    plan.image_size = x.shape[-1]
+    plan.in_channels = x.shape[1]
+    resources = ResourcePlan(0.5, 0.0, 0.5, "cpu")
+    shards = make_shards(plan, resources)
+    (worker,) = make_workers(plan, shards, resources)
+    try:
+        ray.get(worker.run.remote(3))  # warm-up: first pulls, allocations
+        out = ray.get(worker.run.remote(steps))
+        return steps * batch / out["seconds"]
+    finally:
+        for a in shards + [worker]:
+            ray.kill(a)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["resnet20", "digits_cnn"])
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-write", action="store_true")
+    a = ap.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    start_ray(None)
+    lines = [f"Machine: {machine()}; {a.threads} torch thread(s) per process; batch {a.batch_size}; "
+             f"{a.steps} timed steps per round, {a.rounds} alternating rounds, medians.", "",
+             "| model | plain PyTorch loop, img/s | ps-trainer worker (Ray, 1 shard), img/s | ratio |",
+             "| --- | ---: | ---: | ---: |"]
+    for m in a.models:
+        base, ours = [], []
+        for _ in range(a.rounds):
+            base.append(plain_loop(m, a.batch_size, a.steps, a.threads))
+            ours.append(ps_worker(m, a.batch_size, a.steps, a.threads))
+        b, o = statistics.median(base), statistics.median(ours)
+        lines.append(f"| {m} | {b:.0f} | {o:.0f} | {100 * o / b:.0f}% |")
+        print(lines[-1], flush=True)
+    lines += ["", "Target: the worker at least 85% of the plain loop on the same model."]
+    text = "\n".join(lines)
+    print(text)
+    if not a.no_write:
+        write_section("Worker throughput against a plain PyTorch loop", text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Resource plans: any --workers value schedules on CPUs; too few GPUs is an error at once;
+a run that cannot fit in memory is refused with the numbers."""
+
+import pytest
+
+from ps_trainer.config import TrainConfig
+from ps_trainer.models import build
+from ps_trainer.trainer.cluster import estimate_worker_memory, plan_resources
+from ps_trainer.trainer.run import check_memory, prepare
+
+
+@pytest.mark.parametrize("workers,shards", [(1, 1), (4, 2), (16, 2), (64, 8)])
+def test_cpu_requests_always_fit_the_cores(workers, shards):
+    plan = plan_resources(workers, shards, "auto", {"CPU": 2.0})
+    assert plan.device == "cpu" and plan.worker_gpus == 0
+    assert workers * plan.worker_cpus + shards * plan.shard_cpus <= 2.0
+    assert plan.worker_cpus > 0
+    assert bool(plan.warnings) == (workers > 2)
+    if workers > 2:
+        assert f"{workers} workers" in plan.warnings[0] and "--workers 2" in plan.warnings[0]
+
+
+def test_gpu_cluster_one_gpu_per_worker_or_a_clear_error():
+    plan = plan_resources(8, 2, "auto", {"CPU": 64.0, "GPU": 8.0})
+    assert (plan.device, plan.worker_gpus) == ("cuda", 1.0)
+    assert 8 * plan.worker_cpus + 2 * plan.shard_cpus <= 64
+    with pytest.raises(ValueError, match=r"--workers 16 needs 16 GPUs .* has 8; use --workers 8"):
+        plan_resources(16, 2, "auto", {"CPU": 64.0, "GPU": 8.0})
+    with pytest.raises(ValueError, match="--device cuda: the cluster has no GPU"):
+        plan_resources(2, 1, "cuda", {"CPU": 2.0})
+
+
+def test_memory_estimate_grows_with_batch_and_image_size():
+    small = estimate_worker_memory(build("resnet18", num_classes=10), 8, 3, 32)
+    big = estimate_worker_memory(build("resnet18", num_classes=10), 32, 3, 64)
+    assert big - small > 10 * 2**20  # activations: 16x the pixels x batch, tens of MB here
+    assert small > 4 * 11_000_000 * 4  # weights, grads, pulled copy, staging
+
+
+def test_a_run_that_cannot_fit_in_memory_is_refused_with_numbers():
+    cfg = TrainConfig(model="resnet50", workers=64, batch_size=256, image_size=224).validate()
+    with pytest.raises(ValueError, match=r"64 workers of resnet50 at batch 256 and 224x224 need about "
+                                         r"\d+\.\d GiB .* use --workers \d+"):
+        check_memory(prepare(cfg))
+
+
+def test_small_images_are_upsampled_to_the_models_minimum():
+    from ps_trainer.models import get_spec
+
+    minimum = get_spec("googlenet").min_input_size
+    assert minimum > 8
+    plan = prepare(TrainConfig(model="googlenet", workers=2).validate())
+    assert plan.image_size == minimum and "upsampled" in plan.notes[0]
+    assert prepare(TrainConfig(model="resnet18", workers=2).validate()).image_size == 8
+    with pytest.raises(ValueError, match=f"--image-size 4 is too small for googlenet: it needs at "
+                                         f"least {minimum} pixels"):
+        prepare(TrainConfig(model="googlenet", image_size=4).validate())

@@ -1,0 +1,56 @@
+"""The shard as a real Ray actor: snapshot sharing, zero-copy pulls, pushes, rejections."""
+
+import numpy as np
+import pytest
+
+from ps_trainer.core import LRSchedule, NesterovMomentum, PolyakAverage
+from ps_trainer.core.policy import Async
+from ps_trainer.transport.ray_shard import ParameterServerShard, RayClient
+
+
+def make(ray, n=1000, publish_every=1, index=0):
+    actor = ray.remote(ParameterServerShard).options(num_cpus=0, max_concurrency=4)
+    return actor.remote(index, np.zeros(n, np.float32), np.ones(4, np.float32),
+                        optimizer=NesterovMomentum(0.9, 0.0), schedule=LRSchedule(0.1),
+                        policy=Async(), averager=PolyakAverage(0.5), publish_every=publish_every)
+
+
+def test_pulls_share_one_published_snapshot_until_the_weights_move(ray_local):
+    ray = ray_local
+    shard = make(ray, publish_every=3)
+    v1, refs1 = ray.get(shard.pull.remote())
+    v2, refs2 = ray.get(shard.pull.remote())
+    assert v1 == v2 == 0 and refs1[0] == refs2[0]  # the same object, not a new copy
+    arr = ray.get(refs1[0])
+    assert arr.shape == (1004,) and not arr.flags.writeable  # zero-copy view of the object store
+    client = RayClient([shard])
+    g = np.ones(1000, np.float32)
+    for i in range(2):
+        assert client.results([client.push(0, g, i, 0, np.full(4, 2.0, np.float32))])[0].outcome == "applied"
+    assert ray.get(shard.pull.remote())[0] == 0  # 2 versions behind: still the shared snapshot
+    ray.get(client.push(0, g, 2, 0, None))
+    (w, version), = client.pull()
+    assert version == 3
+    np.testing.assert_allclose(w[1000:], 2.0)  # the pushed BatchNorm statistics are served
+    assert w[:1000].max() < 0  # the weights moved against the gradient
+    assert ray.get(shard.stats.remote())["publications"] == 2
+    (avg, _), = client.pull(averaged=True)
+    assert not np.array_equal(avg[:1000], w[:1000])  # the Polyak weights are a different set
+
+
+def test_bad_pushes_through_ray_are_rejected_and_counted(ray_local):
+    ray = ray_local
+    shard = make(ray, n=10, index=1)
+    client = RayClient([None, shard])
+    good = np.ones(10, np.float32)
+    bad = [client.push(1, np.ones(11, np.float32), 0, 5, None),
+           client.push(1, good.astype(np.float64), 0, 5, None),
+           client.push(1, np.full(10, np.nan, np.float32), 0, 5, None),
+           shard.push.remote(good, 0, 5, None, 0)]  # addressed to shard 0
+    results = client.results(bad)
+    assert [r.outcome for r in results] == ["rejected"] * 4
+    stats = ray.get(shard.stats.remote())
+    assert stats["version"] == 0 and stats["counters"] == {"rejected": 4}
+    assert stats["worker_counters"] == {5: {"rejected": 4}}
+    w, v = RayClient([shard]).pull()[0]
+    assert v == 0 and not w[:10].any()
