@@ -4,7 +4,9 @@ Importing this package imports every family module so that each registers its mo
 docs/models.md lists them with their parameter and multiply-add counts (`describe`, `model_table`).
 """
 
-from . import alexnet, bn_inception, cifar_resnet, googlenet, inception_resnet, inception_v3, inception_v4, resnet, small, small_inception, vgg  # noqa: F401  (registers models)
+# Each family module registers its models on import.
+from . import (alexnet, bn_inception, cifar_resnet, googlenet, inception_resnet,  # noqa: F401
+               inception_v3, inception_v4, resnet, small, small_inception, vgg, xception)
 from .flops import MacReport, count_macs, count_params
 from .outputs import AuxOutputs, main_logits, training_loss
 from .registry import ModelSpec, build, get_spec, list_models, register_model

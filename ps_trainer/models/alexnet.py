@@ -101,14 +101,14 @@ class AlexNetTV(nn.Module):
         return self.classifier(x)  # (B, num_classes)
 
 
-@register_model(input_size=224, min_input_size=1,
+@register_model(input_size=224, min_input_size=63,
                 paper="Krizhevsky et al. 2012, ImageNet Classification with Deep CNNs")
 def alexnet(num_classes: int = 1000, in_channels: int = 3, **options) -> AlexNet:
     """The paper's two-GPU AlexNet with LRN (60,965,224 parameters)."""
     return AlexNet(num_classes, in_channels, **options)
 
 
-@register_model(input_size=224, min_input_size=1, reference="torchvision.models.alexnet",
+@register_model(input_size=224, min_input_size=63, reference="torchvision.models.alexnet",
                 paper="Krizhevsky 2014, One weird trick (torchvision's AlexNet)")
 def alexnet_tv(num_classes: int = 1000, in_channels: int = 3, **options) -> AlexNetTV:
     """torchvision's single-GPU AlexNet (61,100,840 parameters); loads its ImageNet weights."""

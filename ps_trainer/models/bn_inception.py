@@ -119,7 +119,7 @@ class BNInception(nn.Module):
         return self.fc(self.dropout(x))  # (B, num_classes)
 
 
-@register_model(input_size=224, min_input_size=1, aliases=("inception_v2",),
+@register_model(input_size=224, min_input_size=7, aliases=("inception_v2",),
                 paper="Ioffe & Szegedy 2015, Batch Normalization (BN-Inception)")
 def bn_inception(num_classes: int = 1000, in_channels: int = 3, **options) -> BNInception:
     return BNInception(num_classes, in_channels, **options)
