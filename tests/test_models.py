@@ -173,3 +173,23 @@ def test_full_size_forward_backward(name):
     loss.backward()
     assert math.isfinite(loss.item())
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["googlenet", "googlenet_tv", "bn_inception", "inception_v3",
+                                  "inception_v4", "inception_resnet_v2", "resnet50", "xception",
+                                  "vgg16_bn", "small_inception"])
+def test_cuda_channels_last_autocast_train_step(name):
+    """The GPU worker's path: channels_last weights and inputs, bf16 autocast, full input size."""
+    spec = get_spec(name)
+    model = build(name, num_classes=1000).cuda().to(memory_format=torch.channels_last).train()
+    x = torch.randn(8, 3, spec.input_size, spec.input_size, device="cuda")
+    x = x.to(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(x)
+        loss = training_loss(out, torch.randint(0, 1000, (8,), device="cuda"), **spec.loss_options())
+    assert main_logits(out).dtype == torch.bfloat16
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
