@@ -53,14 +53,14 @@ def prepare(cfg: TrainConfig) -> Plan:
     data = load_dataset(cfg.dataset, seed=cfg.seed, synthetic_shape=(spec.in_channels, size, size))
     notes = []
     native = data.image_shape[-1]
-    image_size = cfg.image_size or native
-    if image_size < spec.min_input_size:
-        if cfg.image_size:
-            raise ValueError(f"--image-size {cfg.image_size} is too small for {cfg.model}: it needs "
-                             f"at least {spec.min_input_size} pixels (the paper uses {spec.input_size})")
-        image_size = spec.min_input_size
-        notes.append(f"{cfg.dataset} images are {native}x{native}; {cfg.model} needs at least "
-                     f"{image_size}x{image_size}, so they are upsampled to that (set --image-size)")
+    if cfg.image_size:
+        image_size = trainable_size(cfg.model, spec, cfg.image_size, explicit=True)
+    else:
+        image_size = trainable_size(cfg.model, spec, max(native, spec.min_input_size), explicit=False)
+        if image_size != native:
+            notes.append(f"{cfg.dataset} images are {native}x{native}; {cfg.model} trains (with its "
+                         f"auxiliary heads) from {image_size}x{image_size} up, so they are upsampled "
+                         f"to that (set --image-size)")
     n_train = len(data.y_train)
     partition(n_train, cfg.workers, cfg.seed)  # raises if there are more workers than examples
     steps = math.ceil(cfg.epochs * n_train / (cfg.batch_size * cfg.workers))
@@ -70,6 +70,31 @@ def prepare(cfg: TrainConfig) -> Plan:
     layout.shards(cfg.ps_shards)  # raises if there are more shards than parameters
     return Plan(cfg, data, spec.in_channels, image_size, steps,
                 n_train / (cfg.batch_size * cfg.push_every), layout, model, notes)
+
+
+def trainable_size(name: str, spec, size: int, *, explicit: bool) -> int:
+    """The smallest side >= `size` at which the model trains (auxiliary heads included), found by
+    bisection with forward passes on the `meta` device, which cost no memory and little time."""
+    model = build(name, num_classes=10, in_channels=spec.in_channels).to("meta").train()
+
+    def trains(side: int) -> str:
+        try:
+            model(torch.empty(2, spec.in_channels, side, side, device="meta"))
+            return ""
+        except RuntimeError as e:
+            return str(e).splitlines()[0]
+
+    error = trains(size)
+    if not error:
+        return size
+    if explicit:
+        raise ValueError(f"--image-size {size} is too small for {name} in training ({error}); "
+                         f"the paper uses {spec.input_size}")
+    lo, hi = size, max(size, spec.input_size)  # lo fails; hi is the paper's size
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if not trains(mid) else (mid, hi)
+    return hi
 
 
 def check_memory(plan: Plan) -> None:
