@@ -7,6 +7,7 @@ file runs in about two minutes on 2 CPU cores; full-size passes are in the slow 
 """
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,6 +127,20 @@ def test_model_table_lists_every_model_with_counts():
     assert describe("inception_v2") == by_name["bn_inception"]
     text = format_table(rows)
     assert "resnet50" in text and "25,557,032" in text and len(text.splitlines()) == len(rows) + 2
+
+
+def test_docs_table_is_current():
+    """docs/models.md's table is what `model_table()` computes today."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    documented = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[0].startswith("`"):
+            documented[cells[0].strip("`")] = (int(cells[1].replace(",", "")), int(cells[2]),
+                                               float(cells[3]), int(cells[4]))
+    computed = {r["name"]: (r["params"], r["input_size"], round(r["gmacs"], 3), r["aux_heads"])
+                for r in model_table()}
+    assert documented == computed
 
 
 CHANNELS_LAST = ["resnet18", "googlenet", "googlenet_tv", "small_inception", "xception",
