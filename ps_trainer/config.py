@@ -47,7 +47,8 @@ class TrainConfig:
     polyak_start_epochs: float = _f(0.0, "epoch from which the Polyak average starts")
     label_smoothing: float = _f(-1.0, "label smoothing of the loss; -1 = the model's default "
                                       "(Inception v3: 0.1, else 0)")
-    aux_weight: float = _f(0.3, "weight of each auxiliary classifier's loss (GoogLeNet: 0.3)")
+    aux_weight: float = _f(-1.0, "weight of each auxiliary classifier's loss; -1 = the model's "
+                                 "default (GoogLeNet: 0.3)")
     # --- staleness ------------------------------------------------------------------------------
     policy: str = _f("async", "what a shard does with stale pushes: async, staleness_lr, drop_stale")
     max_staleness: int = _f(4, "drop_stale: reject pushes staler than this")
@@ -144,7 +145,8 @@ class TrainConfig:
         _check(self.polyak_start_epochs >= 0, "polyak-start-epochs", self.polyak_start_epochs, ">= 0")
         _check(self.label_smoothing == -1 or 0 <= self.label_smoothing < 1, "label-smoothing",
                self.label_smoothing, "a number in [0, 1), or -1 for the model's default")
-        _check(self.aux_weight >= 0, "aux-weight", self.aux_weight, "a number >= 0")
+        _check(self.aux_weight == -1 or self.aux_weight >= 0, "aux-weight", self.aux_weight,
+               "a number >= 0, or -1 for the model's default")
         _check(self.max_staleness >= 0, "max-staleness", self.max_staleness, "an integer >= 0")
         for name in ("fetch_every", "push_every", "publish_every", "threads_per_worker", "bn_batches"):
             _check(getattr(self, name) >= 1, name.replace("_", "-"), getattr(self, name), "an integer >= 1")

@@ -56,7 +56,7 @@ def prepare(cfg: TrainConfig) -> Plan:
     if cfg.image_size:
         image_size = trainable_size(cfg.model, spec, cfg.image_size, explicit=True)
     else:
-        image_size = trainable_size(cfg.model, spec, max(native, spec.min_input_size), explicit=False)
+        image_size = trainable_size(cfg.model, spec, max(native, spec.min_train_size), explicit=False)
         if image_size != native:
             notes.append(f"{cfg.dataset} images are {native}x{native}; {cfg.model} trains (with its "
                          f"auxiliary heads) from {image_size}x{image_size} up, so they are upsampled "
@@ -148,10 +148,13 @@ def make_workers(plan: Plan, shards: list, resources) -> list:
 
     cfg, data = plan.cfg, plan.data
     spec = get_spec(cfg.model)
-    smoothing = cfg.label_smoothing if cfg.label_smoothing >= 0 else getattr(spec, "label_smoothing", 0.0)
+    loss = spec.loss_options()  # the paper's recipe; explicit flags win
+    if cfg.label_smoothing >= 0:
+        loss["label_smoothing"] = cfg.label_smoothing
+    if cfg.aux_weight >= 0:
+        loss["aux_weight"] = cfg.aux_weight
     options = dict(image_size=plan.image_size, fetch_every=cfg.fetch_every,
-                   push_every=cfg.push_every, max_inflight=cfg.max_inflight,
-                   aux_weight=cfg.aux_weight, label_smoothing=smoothing)
+                   push_every=cfg.push_every, max_inflight=cfg.max_inflight, **loss)
     actor = ray.remote(WorkerActor)
     workers = []
     for i, idx in enumerate(partition(len(data.y_train), cfg.workers, cfg.seed)):
