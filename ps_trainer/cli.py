@@ -48,7 +48,11 @@ def config_from_args(argv: list[str]) -> TrainConfig:
 
 def cmd_models(argv: list[str]) -> int:
     argparse.ArgumentParser(prog="ps-train models", description="List the model zoo.").parse_args(argv)
+    import signal
+
     from . import models
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `ps-train models | head` ends quietly
 
     table = models.model_table() if hasattr(models, "model_table") else [
         {"name": n, "params": sum(p.numel() for p in models.build(n).parameters()),

@@ -70,3 +70,14 @@ def test_ps_train_is_installed_as_a_command():
     out = subprocess.run([sys.executable, "-m", "ps_trainer.cli", "--help"], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and "--ps-shards" in out.stdout
+
+
+def test_ps_train_models_prints_every_registered_model(capsys):
+    from ps_trainer.models import list_models
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "params" in out and "GMACs" in out
+    for name in list_models():
+        assert f"\n{name} " in out, name
+    assert "resnet50 " in out and "25,557,032" in out
