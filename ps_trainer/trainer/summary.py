@@ -17,8 +17,7 @@ def summarize(plan, final_evals: list[dict], shard_stats: list[dict], progress: 
               run_path: Path, train_time: float, *, interrupted: bool = False,
               stopped_for_time: bool = False) -> tuple[dict, str]:
     cfg = plan.cfg
-    pushes = \
-        pq.read_table(run_path / "pushes.parquet", columns=["worker", "staleness", "outcome"])
+    pushes = pq.read_table(run_path / "pushes.parquet", columns=["worker", "staleness"])
     staleness = np.asarray(pushes.column("staleness").to_numpy())
     staleness = staleness[staleness >= 0]
     outcomes = Counter()
