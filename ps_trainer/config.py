@@ -50,8 +50,33 @@ class TrainConfig:
     aux_weight: float = _f(-1.0, "weight of each auxiliary classifier's loss; -1 = the model's "
                                  "default (GoogLeNet: 0.3)")
     # --- staleness ------------------------------------------------------------------------------
-    policy: str = _f("async", "what a shard does with stale pushes: async, staleness_lr, drop_stale")
+    policy: str = _f("async", "update policy: async (Downpour), staleness_lr (lr / staleness), "
+                              "bounded (SSP), sync (BSP with backup workers), drop_stale, dc_asgd "
+                              "(delay compensation)")
     max_staleness: int = _f(4, "drop_stale: reject pushes staler than this")
+    ssp_bound: int = _f(2, "bounded: a worker may run at most this many pushes ahead of the "
+                           "slowest unfinished one (Ho et al.'s s; 0 = lock-step)")
+    backup_workers: int = _f(0, "sync: step on the first workers - b gradients of each version "
+                                "and drop the b late ones (Chen et al. 2016)")
+    dc_lambda: float = _f(2.0, "dc_asgd: lambda of the compensation g + lambda*g*g*(w_now - w_read) "
+                               "(Zheng et al.: 2 adaptive, 0.04 constant)")
+    dc_adaptive: bool = _f(True, "dc_asgd: divide lambda by the root mean square of g (DC-ASGD-a)")
+    dc_mean_square_decay: float = _f(0.95, "dc_asgd: decay m of the mean square of g")
+    # --- controlled staleness: injected delays (real runs and the simulator) ---------------------
+    delay: str = _f("none", "extra delay per worker step: none, constant, uniform (on [0, 2 * "
+                            "mean]) or exponential")
+    delay_mean: float = _f(0.0, "mean of the extra delay per step, in seconds")
+    stragglers: int = _f(0, "how many workers are stragglers (the last ones)")
+    straggler_slowdown: float = _f(4.0, "a straggler's step takes this many times its computation")
+    # --- the deterministic simulator ------------------------------------------------------------
+    simulate: bool = _f(False, "run the workers as logical workers in one process on a virtual "
+                               "clock (deterministic: the same seed gives the same metrics)")
+    sim_step_time: float = _f(0.01, "simulator: virtual seconds of one worker step's computation")
+    sim_jitter: float = _f(0.1, "simulator: each step's time varies uniformly by +-this fraction "
+                                "(0 = lock-step workers)")
+    sim_latency: float = _f(0.0, "simulator: virtual seconds between a push leaving the worker and "
+                                 "reaching the shards")
+    sim_evals: int = _f(20, "simulator: evaluations spread evenly over the run")
     # --- the hot path (Downpour's knobs) -----------------------------------------------------------
     fetch_every: int = _f(1, "worker steps between weight fetches (Downpour's n_fetch)")
     push_every: int = _f(1, "worker steps whose gradients are accumulated per push (n_push)")
@@ -74,7 +99,8 @@ class TrainConfig:
     progress: bool = _f(True, "show the progress bar")
 
     CHOICES = {"dataset": ("digits", "synthetic"), "lr_schedule": ("constant", "step"),
-               "device": ("auto", "cpu", "cuda")}
+               "device": ("auto", "cpu", "cuda"),
+               "delay": ("none", "constant", "uniform", "exponential")}
 
     # ---- loading ----------------------------------------------------------------------------
     @classmethod
@@ -110,6 +136,15 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     # ---- the one place values are checked -----------------------------------------------------
+    def policy_options(self) -> dict:
+        """Keyword arguments of `make_policy(self.policy, ...)`: the policy's own settings."""
+        return {"drop_stale": {"max_staleness": self.max_staleness},
+                "bounded": {"workers": self.workers, "bound": self.ssp_bound},
+                "sync": {"workers": self.workers, "backup": self.backup_workers},
+                "dc_asgd": {"lam": self.dc_lambda, "adaptive": self.dc_adaptive,
+                            "mean_square_decay": self.dc_mean_square_decay},
+                }.get(self.policy, {})
+
     def polyak(self) -> float | None:
         return None if self.polyak_decay == "mean" else float(self.polyak_decay)
 
@@ -148,6 +183,21 @@ class TrainConfig:
         _check(self.aux_weight == -1 or self.aux_weight >= 0, "aux-weight", self.aux_weight,
                "a number >= 0, or -1 for the model's default")
         _check(self.max_staleness >= 0, "max-staleness", self.max_staleness, "an integer >= 0")
+        _check(self.ssp_bound >= 0, "ssp-bound", self.ssp_bound, "an integer >= 0")
+        _check(0 <= self.backup_workers < self.workers, "backup-workers", self.backup_workers,
+               f"an integer in [0, --workers {self.workers})")
+        _check(self.dc_lambda >= 0, "dc-lambda", self.dc_lambda, "a number >= 0")
+        _check(0 <= self.dc_mean_square_decay < 1, "dc-mean-square-decay",
+               self.dc_mean_square_decay, "a number in [0, 1)")
+        _check(self.delay_mean >= 0, "delay-mean", self.delay_mean, "seconds >= 0")
+        _check(0 <= self.stragglers <= self.workers, "stragglers", self.stragglers,
+               f"an integer in [0, --workers {self.workers}]")
+        _check(self.straggler_slowdown >= 1, "straggler-slowdown", self.straggler_slowdown,
+               "a factor >= 1")
+        _check(self.sim_step_time > 0, "sim-step-time", self.sim_step_time, "seconds > 0")
+        _check(0 <= self.sim_jitter < 1, "sim-jitter", self.sim_jitter, "a fraction in [0, 1)")
+        _check(self.sim_latency >= 0, "sim-latency", self.sim_latency, "seconds >= 0")
+        _check(self.sim_evals >= 1, "sim-evals", self.sim_evals, "an integer >= 1")
         for name in ("fetch_every", "push_every", "publish_every", "threads_per_worker", "bn_batches"):
             _check(getattr(self, name) >= 1, name.replace("_", "-"), getattr(self, name), "an integer >= 1")
         _check(self.max_inflight >= 0, "max-inflight", self.max_inflight, "an integer >= 0")

@@ -18,8 +18,8 @@ def make(ray, n=1000, publish_every=1, index=0):
 def test_pulls_share_one_published_snapshot_until_the_weights_move(ray_local):
     ray = ray_local
     shard = make(ray, publish_every=3)
-    v1, refs1 = ray.get(shard.pull.remote())
-    v2, refs2 = ray.get(shard.pull.remote())
+    v1, refs1, _ = ray.get(shard.pull.remote())
+    v2, refs2, _ = ray.get(shard.pull.remote())
     assert v1 == v2 == 0 and refs1[0] == refs2[0]  # the same object, not a new copy
     arr = ray.get(refs1[0])
     assert arr.shape == (1004,) and not arr.flags.writeable  # zero-copy view of the object store

@@ -2,11 +2,12 @@
 
 from .layout import FlatModel, ParamLayout, ShardSpec
 from .optim import NesterovMomentum
-from .policy import POLICIES, Async, DropStale, StalenessAwareLR, make_policy
+from .policy import (POLICIES, Async, BoundedStaleness, DelayCompensated, DropStale, Policy,
+                     StalenessAwareLR, Synchronous, make_policy)
 from .polyak import PolyakAverage
 from .schedule import LRSchedule
 from .shard import PushResult, ShardState
 
-__all__ = ["Async", "DropStale", "FlatModel", "LRSchedule", "NesterovMomentum", "POLICIES",
+__all__ = ["Async", "BoundedStaleness", "DelayCompensated", "DropStale", "Policy", "Synchronous", "FlatModel", "LRSchedule", "NesterovMomentum", "POLICIES",
            "ParamLayout", "PolyakAverage", "PushResult", "ShardSpec", "ShardState",
            "StalenessAwareLR", "make_policy"]

@@ -41,7 +41,9 @@ class NesterovMomentum:
 
     def step(self, w: torch.Tensor, buf: torch.Tensor, g: torch.Tensor, lr: float) -> None:
         """One in-place update of `w` and `buf` (flat float32) by gradient `g` (read only)."""
-        torch._fused_sgd_([w], [g], [buf], weight_decay=self.weight_decay, momentum=self.momentum,
+        # Without momentum the kernel takes no buffer (it refuses one): plain SGD, buf stays 0.
+        bufs = [buf] if self.momentum else []
+        torch._fused_sgd_([w], [g], bufs, weight_decay=self.weight_decay, momentum=self.momentum,
                           lr=lr, dampening=0.0, nesterov=self.nesterov, maximize=False,
                           is_first_step=False)
 

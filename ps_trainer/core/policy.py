@@ -1,21 +1,43 @@
-"""Staleness policies: what a shard does with a push that was computed on old weights.
+"""Staleness policies: what a shard does with a push computed on old weights, and when a worker
+may read.
 
-A policy is data, not a branch in the shard: `decide(staleness)` returns a `Decision` (the outcome
-to record and the factor on the learning rate), and the shard applies it. Every push ends in exactly
-one recorded outcome.
+A policy is data, not a branch in the shard. It answers two questions and the shard acts on the
+answers, so each policy is written once and runs unchanged on Ray, in-process and in the simulator:
+
+- `decide(staleness) -> Decision`: the outcome to record for a push and the factor on the learning
+  rate. Every push ends in exactly one recorded outcome.
+- `ready(shard, worker, clock) -> bool`: may `worker`, which has pushed `clock` times, read the
+  weights now? Asynchronous policies always say yes; the coordinating ones (SSP, BSP) make a fast
+  worker wait at its next pull. The shard keeps the facts they need: pushes received per worker
+  (`shard.clocks`), workers that finished (`shard.retired`), the version each worker's last push
+  was computed on (`shard.last_read`).
+
+The policies, with their papers:
 
 - `Async`: Downpour SGD applies every push as it arrives (Dean et al. 2012).
 - `StalenessAwareLR`: divide the learning rate by the staleness, lr / max(1, tau)
   (Zhang, Gupta, Lian & Liu 2016, "Staleness-aware async-SGD").
-- `DropStale`: reject pushes older than a bound (counted as 'rejected', never silently lost).
+- `BoundedStaleness`: stale synchronous parallel (Ho et al. 2013). A worker more than `bound`
+  clocks (pushes) ahead of the slowest unfinished worker waits; bound = 0 is lock-step.
+- `Synchronous`: BSP with backup workers (Chen, Pan, Monga, Bengio & Jozefowicz 2016). The shard
+  sums one gradient per worker for the current version and steps on their mean once K - b have
+  arrived; the b late ones are rejected as "late" (counted, never silently lost).
+- `DropStale`: reject pushes older than a bound (counted as 'rejected').
+- `DelayCompensated`: DC-ASGD (Zheng et al. 2017). The gradient computed on w_read is corrected
+  towards w_now with the diagonal Hessian approximation lambda * g * g:
+  g + lambda * g * g * (w_now - w_read). The adaptive variant (DC-ASGD-a) divides lambda by the
+  root of a running mean square of g. The shard keeps the weights each worker read.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-APPLIED, SCALED, REJECTED = "applied", "scaled", "rejected"
-OUTCOMES = (APPLIED, SCALED, "compensated", "waited", REJECTED)
+import torch
+
+APPLIED, SCALED, COMPENSATED, AGGREGATED, REJECTED = (
+    "applied", "scaled", "compensated", "aggregated", "rejected")
+OUTCOMES = (APPLIED, SCALED, COMPENSATED, AGGREGATED, REJECTED)
 
 
 @dataclass(frozen=True)
@@ -25,15 +47,33 @@ class Decision:
     reason: str = ""
 
 
-class Async:
-    name = "async"
+class Policy:
+    """Defaults shared by the policies: apply everything, never make anyone wait."""
+
+    name = "policy"
+    keeps_reads = False  # does the shard need to remember the weights each worker read?
+    aggregates = False  # does the shard sum gradients into one step (BSP)?
+    coordinates = False  # does `ready` ever say no (so readers must get the freshest weights)?
 
     def decide(self, staleness: int) -> Decision:
         return Decision(APPLIED)
 
+    def ready(self, shard, worker: int, clock: int) -> bool:
+        return True
 
-@dataclass(frozen=True)
-class StalenessAwareLR:
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, sd: dict) -> None:
+        pass
+
+
+class Async(Policy):
+    name = "async"
+
+
+@dataclass
+class StalenessAwareLR(Policy):
     name = "staleness_lr"
 
     def decide(self, staleness: int) -> Decision:
@@ -42,21 +82,103 @@ class StalenessAwareLR:
         return Decision(SCALED, 1.0 / staleness)
 
 
-@dataclass(frozen=True)
-class DropStale:
+@dataclass
+class DropStale(Policy):
     max_staleness: int = 4
     name = "drop_stale"
 
     def decide(self, staleness: int) -> Decision:
         if staleness > self.max_staleness:
-            return Decision(REJECTED, 0.0, f"staleness {staleness} > bound {self.max_staleness}")
+            return Decision(REJECTED, 0.0, f"stale: staleness {staleness} > bound {self.max_staleness}")
         return Decision(APPLIED)
 
 
-POLICIES = {"async": Async, "staleness_lr": StalenessAwareLR, "drop_stale": DropStale}
+def _active(shard, workers: int) -> list[int]:
+    return [w for w in range(workers) if w not in shard.retired]
 
 
-def make_policy(name: str, **options):
+@dataclass
+class BoundedStaleness(Policy):
+    """SSP: at its pull after `clock` pushes, a worker waits until every unfinished worker has
+    pushed at least clock - bound times (Ho et al. 2013, "More effective distributed ML via a
+    stale synchronous parallel parameter server")."""
+
+    workers: int = 1
+    bound: int = 2
+    name = "bounded"
+    coordinates = True
+
+    def ready(self, shard, worker: int, clock: int) -> bool:
+        slowest = min((shard.clocks[w] for w in _active(shard, self.workers)), default=clock)
+        return slowest >= clock - self.bound
+
+
+@dataclass
+class Synchronous(Policy):
+    """BSP with b backup workers: step on the mean of the first K - b gradients computed on the
+    current version; drop the rest as late (Chen et al. 2016, "Revisiting distributed synchronous
+    SGD"). A worker may read again once the version its last gradient was computed on is past."""
+
+    workers: int = 1
+    backup: int = 0
+    name = "sync"
+    aggregates = True
+    coordinates = True
+
+    def decide(self, staleness: int) -> Decision:
+        if staleness > 0:
+            return Decision(REJECTED, 0.0, f"late: computed {staleness} step(s) ago; the step was "
+                                           f"taken without it (backup worker)")
+        return Decision(AGGREGATED)
+
+    def quorum(self, shard) -> int:
+        """Gradients needed for a step: K - b, or fewer once workers have finished."""
+        return max(1, min(self.workers - self.backup, len(_active(shard, self.workers))))
+
+    def ready(self, shard, worker: int, clock: int) -> bool:
+        return worker not in shard.last_read or shard.version > shard.last_read[worker]
+
+
+@dataclass
+class DelayCompensated(Policy):
+    """DC-ASGD: g + lambda * g * g * (w_now - w_read) (Zheng et al. 2017, "Asynchronous stochastic
+    gradient descent with delay compensation"). With `adaptive`, lambda_t = lambda / sqrt(ms_t),
+    ms_t = m * ms_{t-1} + (1 - m) * g * g elementwise (their DC-ASGD-a; they used lambda = 2,
+    m = 0.95 on CIFAR-10, and lambda = 0.04 for the constant variant)."""
+
+    lam: float = 2.0
+    adaptive: bool = True
+    mean_square_decay: float = 0.95
+    eps: float = 1e-7
+    name = "dc_asgd"
+    keeps_reads = True
+    mean_square: torch.Tensor | None = field(default=None, repr=False)
+
+    def compensate(self, g: torch.Tensor, w_now: torch.Tensor, w_read: torch.Tensor) -> torch.Tensor:
+        if self.adaptive:
+            if self.mean_square is None:
+                self.mean_square = torch.zeros_like(g)
+            m = self.mean_square_decay
+            self.mean_square.mul_(m).addcmul_(g, g, value=1 - m)
+            lam = self.lam / (self.mean_square.sqrt() + self.eps)
+        else:
+            lam = self.lam
+        return g + lam * g * g * (w_now - w_read)
+
+    def state_dict(self) -> dict:
+        return {"mean_square": None if self.mean_square is None else self.mean_square.numpy().copy()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        ms = sd.get("mean_square")
+        self.mean_square = None if ms is None else torch.from_numpy(ms.copy())
+
+
+POLICIES = {"async": Async, "staleness_lr": StalenessAwareLR, "bounded": BoundedStaleness,
+            "sync": Synchronous, "drop_stale": DropStale, "dc_asgd": DelayCompensated}
+
+
+def make_policy(name: str, **options) -> Policy:
+    """A fresh policy object (one per shard: DC-ASGD keeps per-shard state)."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; choose one of: {', '.join(POLICIES)}")
     return POLICIES[name](**options)

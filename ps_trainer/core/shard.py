@@ -13,12 +13,17 @@ Invariants:
   raw gradients. The Polyak average follows every applied update.
 - BatchNorm running statistics are state, not gradients: each push may carry the worker's current
   statistics; the shard keeps each worker's latest and serves their mean.
+- Coordination facts live here too, so coordinating policies (SSP, BSP) need no extra process:
+  pushes received per worker (`clocks`), finished workers (`retired`), the version each worker's
+  last push was computed on (`last_read`). `ready(worker, clock)` asks the policy whether a worker
+  may read; `wait_ready` blocks on a condition until it may (threads: Ray actor, in-process).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 import warnings
@@ -27,7 +32,7 @@ import numpy as np
 import torch
 
 from .optim import BLOCK, NesterovMomentum, blocks
-from .policy import REJECTED, Async, Decision
+from .policy import AGGREGATED, APPLIED, COMPENSATED, REJECTED, Async, Decision
 from .polyak import PolyakAverage
 from .schedule import LRSchedule
 
@@ -69,7 +74,20 @@ class ShardState:
         self.reject_reasons: Counter = Counter()
         self.staleness_sum = 0  # over pushes whose staleness could be read, for the mean
         self.staleness_count = 0
+        # Coordination (see module docstring).
+        self.clocks: Counter = Counter()  # worker -> pushes received, whatever their outcome
+        self.retired: set[int] = set()  # workers that finished and will push no more
+        self.last_read: dict[int, int] = {}  # worker -> version its last valid push was computed on
+        self.waits = 0  # pulls that had to wait for the policy
+        # DC-ASGD needs the weights each gradient was computed on: snapshots by version, and the
+        # last few versions each worker read (a pull can overtake the push before it).
+        self._reads: dict[int, np.ndarray] = {}
+        self._readers: dict[int, deque] = {}
+        # BSP: the sum of this version's gradients and how many there are.
+        self._agg = torch.zeros(self.params.shape[0]) if self.policy.aggregates else None
+        self._agg_count = 0
         self.lock = threading.Lock()  # held while arrays change; kernels release the GIL
+        self.cond = threading.Condition(self.lock)  # notified whenever a worker may have become ready
         # torch views over the numpy storage: the kernels write the numpy arrays in place.
         self._w, self._buf = torch.from_numpy(self.params), torch.from_numpy(self.momentum)
         self._avg = torch.from_numpy(self.average) if self.average is not None else None
@@ -81,12 +99,53 @@ class ShardState:
         w.flags.writeable = False
         return w, self.bn_mean(), self.version
 
-    def snapshot(self, averaged: bool = False) -> tuple[np.ndarray, int]:
+    def snapshot(self, averaged: bool = False, worker: int | None = None) -> tuple[np.ndarray, int]:
         """One contiguous copy `[weights | BatchNorm statistics]` and its version, taken under the
-        lock so it is never torn by a concurrent push. This is what crosses a process boundary."""
+        lock so it is never torn by a concurrent push. This is what crosses a process boundary.
+        `worker` says who reads it (None: the evaluator), for policies that remember reads."""
         with self.lock:
             w = self.average if averaged and self.average is not None else self.params
-            return np.concatenate([w, self.bn_mean()]), self.version
+            arr, version = np.concatenate([w, self.bn_mean()]), self.version
+            if worker is not None and not averaged:
+                self._note_read(worker, version, arr)
+            return arr, version
+
+    def note_read(self, worker: int, version: int, snapshot: np.ndarray) -> None:
+        """Record that `worker` read `snapshot` (of `version`), when it was served from a cache."""
+        with self.lock:
+            self._note_read(worker, version, snapshot)
+
+    def _note_read(self, worker: int, version: int, snapshot: np.ndarray) -> None:
+        if not self.policy.keeps_reads:
+            return
+        self._reads.setdefault(version, snapshot[:self.params.shape[0]])  # a view: no copy
+        self._readers.setdefault(worker, deque(maxlen=4)).append(version)
+        live = {v for d in self._readers.values() for v in d}
+        for v in [v for v in self._reads if v not in live]:
+            del self._reads[v]
+
+    # ---- coordination -----------------------------------------------------------------------------
+    def ready(self, worker: int, clock: int) -> bool:
+        """May `worker`, having pushed `clock` times, read now? Its own pushes must have arrived
+        (a threaded server may run a pull before the push sent just before it) and the policy
+        must agree. Call with the lock held, or accept a racy answer."""
+        return self.clocks[worker] >= clock and self.policy.ready(self, worker, clock)
+
+    def wait_ready(self, worker: int, clock: int, timeout: float | None = None) -> bool:
+        """Block until `ready(worker, clock)`, at most `timeout` s; False if it timed out."""
+        with self.cond:
+            if self.ready(worker, clock):
+                return True
+            self.waits += 1
+            return self.cond.wait_for(lambda: self.ready(worker, clock), timeout)
+
+    def retire(self, worker: int) -> None:
+        """`worker` will push no more: stop waiting for it (SSP) or counting it in a quorum (BSP)."""
+        with self.cond:
+            self.retired.add(worker)
+            if self.policy.aggregates and self._agg_count >= self.policy.quorum(self):
+                self._step_aggregate()
+            self.cond.notify_all()
 
     def bn_mean(self) -> np.ndarray:
         if not self.bn_slots:
@@ -121,19 +180,46 @@ class ShardState:
     def push(self, grad: np.ndarray, version_read: int, worker: int = 0,
              bn_stats: np.ndarray | None = None, shard: int | None = None) -> PushResult:
         """Apply (or reject) one gradient. Never raises on bad input: the outcome says what happened."""
-        with self.lock:
+        with self.cond:
+            self.clocks[worker] += 1
+            self.cond.notify_all()  # a waiting worker may be ready now, whatever happens below
             reason = self._validate(grad, version_read, bn_stats, shard)
             if reason:
                 return self._record(worker, Decision(REJECTED, 0.0, reason), -1, -1, 0.0)
-            staleness = self.version - int(version_read)
+            version_read = int(version_read)
+            staleness = self.version - version_read
             decision = self.policy.decide(staleness)
+            self.last_read[worker] = version_read
             if decision.outcome == REJECTED:
-                return self._record(worker, decision, int(version_read), staleness, 0.0)
-            lr = self.schedule(self.version) * decision.lr_scale
-            self._apply(torch.from_numpy(grad), lr)
+                return self._record(worker, decision, version_read, staleness, 0.0)
             if bn_stats is not None and bn_stats.size:
                 self.bn_slots[worker] = bn_stats.copy()
-            return self._record(worker, decision, int(version_read), staleness, lr)
+            g = torch.from_numpy(grad)
+            lr = self.schedule(self.version) * decision.lr_scale
+            if decision.outcome == AGGREGATED:
+                self._agg.add_(g)
+                self._agg_count += 1
+                result = self._record(worker, decision, version_read, staleness, lr)
+                if self._agg_count >= self.policy.quorum(self):
+                    self._step_aggregate()
+                    result = dataclasses.replace(result, version=self.version)
+                return result
+            if self.policy.keeps_reads:
+                w_read = self._reads.get(version_read)
+                if w_read is None:  # e.g. after a restart: nothing to compensate against
+                    decision = Decision(APPLIED, decision.lr_scale, "no w_read kept")
+                else:
+                    g = self.policy.compensate(g, self._w, torch.from_numpy(w_read))
+                    decision = Decision(COMPENSATED, decision.lr_scale)
+            self._apply(g, lr)
+            return self._record(worker, decision, version_read, staleness, lr)
+
+    def _step_aggregate(self) -> None:
+        """BSP: one optimizer step on the mean of the gradients summed for this version."""
+        if self._agg_count:
+            self._apply(self._agg / self._agg_count, self.schedule(self.version))
+            self._agg.zero_()
+            self._agg_count = 0
 
     def _apply(self, g: torch.Tensor, lr: float) -> None:
         self.version += 1
@@ -151,7 +237,7 @@ class ShardState:
         self.counters[decision.outcome] += 1
         self.worker_counters.setdefault(worker, Counter())[decision.outcome] += 1
         if decision.outcome == REJECTED:
-            self.reject_reasons[decision.reason.split(" ")[0] if decision.reason else "policy"] += 1
+            self.reject_reasons[decision.reason.split(" ")[0].rstrip(":") if decision.reason else "policy"] += 1
         if staleness >= 0:
             self.staleness_sum += staleness
             self.staleness_count += 1
@@ -164,7 +250,7 @@ class ShardState:
         return {"shard": self.index, "version": self.version, "pushes": pushes,
                 "counters": dict(self.counters),
                 "worker_counters": {w: dict(c) for w, c in self.worker_counters.items()},
-                "reject_reasons": dict(self.reject_reasons),
+                "reject_reasons": dict(self.reject_reasons), "waits": self.waits,
                 "mean_staleness": self.staleness_sum / max(1, self.staleness_count)}
 
     def state_dict(self) -> dict:
@@ -177,7 +263,11 @@ class ShardState:
                     "bn_slots": {w: a.copy() for w, a in self.bn_slots.items()},
                     "counters": dict(self.counters),
                     "worker_counters": {w: dict(c) for w, c in self.worker_counters.items()},
-                    "staleness_sum": self.staleness_sum, "staleness_count": self.staleness_count}
+                    "staleness_sum": self.staleness_sum, "staleness_count": self.staleness_count,
+                    "clocks": dict(self.clocks), "retired": sorted(self.retired),
+                    "last_read": dict(self.last_read),
+                    "aggregate": None if self._agg is None else self._agg.numpy().copy(),
+                    "aggregate_count": self._agg_count, "policy": self.policy.state_dict()}
 
     def load_state_dict(self, sd: dict) -> None:
         if sd["index"] != self.index or sd["params"].shape != self.params.shape:
@@ -196,3 +286,11 @@ class ShardState:
             self.worker_counters = {int(w): Counter(c) for w, c in sd["worker_counters"].items()}
             self.staleness_sum = int(sd["staleness_sum"])
             self.staleness_count = int(sd["staleness_count"])
+            self.clocks = Counter({int(w): int(c) for w, c in sd.get("clocks", {}).items()})
+            self.retired = {int(w) for w in sd.get("retired", [])}
+            self.last_read = {int(w): int(v) for w, v in sd.get("last_read", {}).items()}
+            if self._agg is not None and sd.get("aggregate") is not None:
+                self._agg.copy_(torch.from_numpy(np.asarray(sd["aggregate"], np.float32)))
+                self._agg_count = int(sd.get("aggregate_count", 0))
+            self.policy.load_state_dict(sd.get("policy", {}))
+            self.cond.notify_all()

@@ -1,7 +1,8 @@
 """The run directory: resolved config, metrics as Parquet, the summary.
 
 `pushes.parquet` has one row per push (time, worker, shard, step, version_read, staleness,
-outcome, lr, loss, version, reason); `evals.parquet` one row per evaluation of each weight set
+outcome, lr, loss, version, reason, and the seconds the step spent computing, in injected delay and
+waiting for a coordinating policy: compute, delay, wait); `evals.parquet` one row per evaluation of each weight set
 (time, elapsed, step, weights = raw | polyak, top1, top5, loss, bn). Rows are written in row
 groups as they arrive, so memory stays flat over a long run.
 """
@@ -18,7 +19,8 @@ import pyarrow.parquet as pq
 PUSH_SCHEMA = pa.schema([("time", pa.float64()), ("worker", pa.int32()), ("shard", pa.int32()),
                          ("step", pa.int64()), ("version_read", pa.int64()),
                          ("staleness", pa.int64()), ("outcome", pa.string()), ("lr", pa.float64()),
-                         ("loss", pa.float64()), ("version", pa.int64()), ("reason", pa.string())])
+                         ("loss", pa.float64()), ("version", pa.int64()), ("reason", pa.string()),
+                         ("compute", pa.float64()), ("delay", pa.float64()), ("wait", pa.float64())])
 EVAL_SCHEMA = pa.schema([("time", pa.float64()), ("elapsed", pa.float64()), ("step", pa.int64()),
                          ("weights", pa.string()), ("top1", pa.float64()), ("top5", pa.float64()),
                          ("loss", pa.float64()), ("bn", pa.string())])

@@ -128,33 +128,41 @@ def make_shards(plan: Plan, resources) -> list:
     schedule = LRSchedule(cfg.lr, cfg.lr_schedule, cfg.lr_decay,
                           max(1, round(cfg.lr_decay_epochs * upe)), round(cfg.warmup_epochs * upe))
     averager = PolyakAverage(cfg.polyak(), round(cfg.polyak_start_epochs * upe))
-    options = {"max_staleness": cfg.max_staleness} if cfg.policy == "drop_stale" else {}
     actor = ray.remote(ParameterServerShard)
     shards = []
     for s in plan.layout.shards(cfg.ps_shards):
-        shards.append(actor.options(num_cpus=resources.shard_cpus, max_concurrency=8).remote(
+        # A thread per worker: under SSP/BSP each may be held in a pull while others push.
+        shards.append(actor.options(num_cpus=resources.shard_cpus,
+                                    max_concurrency=cfg.workers + 4).remote(
             s.index, params[s.params[0]:s.params[1]], buffers[s.buffers[0]:s.buffers[1]],
             optimizer=NesterovMomentum(cfg.momentum, cfg.weight_decay, cfg.nesterov),
-            schedule=schedule, policy=make_policy(cfg.policy, **options), averager=averager,
+            schedule=schedule, policy=make_policy(cfg.policy, **cfg.policy_options()), averager=averager,
             publish_every=cfg.publish_every, publish_interval=cfg.publish_interval,
             threads=max(1, int(resources.shard_cpus))))
     return shards
 
 
-def make_workers(plan: Plan, shards: list, resources) -> list:
-    import ray
-
-    from ..worker.ray_worker import WorkerActor
-
-    cfg, data = plan.cfg, plan.data
-    spec = get_spec(cfg.model)
-    loss = spec.loss_options()  # the paper's recipe; explicit flags win
+def worker_options(plan: Plan) -> dict:
+    """The `Worker` settings every worker of the run shares (real or simulated)."""
+    cfg = plan.cfg
+    loss = get_spec(cfg.model).loss_options()  # the paper's recipe; explicit flags win
     if cfg.label_smoothing >= 0:
         loss["label_smoothing"] = cfg.label_smoothing
     if cfg.aux_weight >= 0:
         loss["aux_weight"] = cfg.aux_weight
-    options = dict(image_size=plan.image_size, fetch_every=cfg.fetch_every,
-                   push_every=cfg.push_every, max_inflight=cfg.max_inflight, **loss)
+    return dict(image_size=plan.image_size, fetch_every=cfg.fetch_every,
+                push_every=cfg.push_every, max_inflight=cfg.max_inflight, **loss)
+
+
+def make_workers(plan: Plan, shards: list, resources) -> list:
+    import ray
+
+    from ..worker.delays import worker_delays
+    from ..worker.ray_worker import WorkerActor
+
+    cfg, data = plan.cfg, plan.data
+    options = worker_options(plan)
+    delays = worker_delays(cfg)
     actor = ray.remote(WorkerActor)
     workers = []
     for i, idx in enumerate(partition(len(data.y_train), cfg.workers, cfg.seed)):
@@ -162,7 +170,8 @@ def make_workers(plan: Plan, shards: list, resources) -> list:
                                      max_concurrency=2).remote(
             i, cfg.model, data.num_classes, plan.in_channels, shards, plan.layout.shards(cfg.ps_shards),
             data.x_train[idx], data.y_train[idx], batch_size=cfg.batch_size, seed=cfg.seed,
-            device=resources.device, threads=cfg.threads_per_worker, options=options))
+            device=resources.device, threads=cfg.threads_per_worker,
+            options={**options, "delay": delays[i]}))
     return workers
 
 
@@ -260,6 +269,8 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log) -> di
 
     def stop_all() -> None:
         ray.get([workers[i].stop.remote() for i in sorted(alive)], timeout=30)
+        # A worker held in a pull by SSP/BSP must not wait for workers that will never push.
+        ray.get([s.retire.remote(i) for s in shards for i in range(len(workers))], timeout=30)
 
     run.evals.write(evaluator(0, t0))
     next_eval = time.time() + cfg.eval_every

@@ -1,11 +1,14 @@
 """The in-process transport: a PS client that calls `ShardState` objects directly.
 
 Used by the optimizer-oracle tests, the single-process student example and the simulator. It has
-the same three calls as the Ray client (`pull`, `push`, `results`), so the worker cannot tell them
-apart.
+the same calls as the Ray client (`pull`, `push`, `results`, `retire`), so the worker cannot tell
+them apart. Worker threads sharing it may block in `pull` while a coordinating policy (SSP, BSP)
+makes them wait.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -15,10 +18,19 @@ from ..core.shard import PushResult, ShardState
 class InProcessClient:
     def __init__(self, shards: list[ShardState]):
         self.shards = shards
+        self.last_wait = 0.0  # s the last pull waited for the policy (per client: one per worker)
 
-    def pull(self, averaged: bool = False) -> list[tuple[np.ndarray, int]]:
-        """`[weights | BatchNorm statistics]` and version of every shard."""
-        return [s.snapshot(averaged) for s in self.shards]
+    def pull(self, averaged: bool = False, worker: int | None = None,
+             clock: int = 0) -> list[tuple[np.ndarray, int]]:
+        """`[weights | BatchNorm statistics]` and version of every shard; `worker` and `clock`
+        (pushes it made) let a coordinating policy hold the pull until the worker may read."""
+        t0 = time.perf_counter()
+        if worker is not None:
+            for s in self.shards:
+                while not s.wait_ready(worker, clock, timeout=1.0):
+                    pass
+        self.last_wait = time.perf_counter() - t0
+        return [s.snapshot(averaged, worker) for s in self.shards]
 
     def push(self, shard: int, grad: np.ndarray, version_read: int, worker: int,
              bn_stats: np.ndarray | None) -> PushResult:
@@ -27,3 +39,7 @@ class InProcessClient:
 
     def results(self, handles: list) -> list[PushResult]:
         return list(handles)
+
+    def retire(self, worker: int) -> None:
+        for s in self.shards:
+            s.retire(worker)

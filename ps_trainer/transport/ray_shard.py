@@ -37,20 +37,37 @@ class ParameterServerShard:
         self._publish_lock = threading.Lock()
         self.publications = 0
 
-    def pull(self, averaged: bool = False) -> tuple[int, list]:
-        """(version, [ref]) of the current snapshot `[weights | BatchNorm statistics]`.
+    def pull(self, averaged: bool = False, worker: int | None = None, clock: int = 0,
+             timeout: float = 1.0) -> tuple[int, list, float] | None:
+        """(version, [ref], seconds waited) of the current snapshot `[weights | BatchNorm statistics]`.
 
-        The reference is wrapped in a list so Ray hands it over as a reference, not its value."""
+        The reference is wrapped in a list so Ray hands it over as a reference, not its value.
+        A worker's pull (`worker` given) first waits, up to `timeout` s, until the policy lets it
+        read; None means "not yet, ask again" (so no actor thread is held for long)."""
+        state = self.state
+        t0 = time.perf_counter()
+        if worker is not None and not state.wait_ready(worker, clock, timeout):
+            return None
+        waited = time.perf_counter() - t0
+        # A coordinating policy promises fresh weights to whoever it lets through.
+        every = 1 if state.policy.coordinates and not averaged else self.publish_every
         with self._publish_lock:
             held = self._published.get(averaged)
             now = time.monotonic()
-            if held is None or (self.state.version - held[1] >= self.publish_every
-                                and now - held[2] >= self.publish_interval):
-                arr, version = self.state.snapshot(averaged)
-                held = ([ray.put(arr)], version, now)
+            if held is None or (state.version - held[1] >= every
+                                and (now - held[2] >= self.publish_interval or every == 1
+                                     and state.policy.coordinates)):
+                arr, version = state.snapshot(averaged)
+                # DC-ASGD compares against the snapshot each worker read: keep it (not a copy).
+                held = ([ray.put(arr)], version, now, arr if state.policy.keeps_reads else None)
                 self._published[averaged] = held
                 self.publications += 1
-        return held[1], held[0]
+        if worker is not None and held[3] is not None:
+            state.note_read(worker, held[1], held[3])
+        return held[1], held[0], waited
+
+    def retire(self, worker: int) -> None:
+        self.state.retire(worker)
 
     def push(self, grad: np.ndarray, version_read: int, worker: int,
              bn_stats: np.ndarray | None = None, shard: int | None = None) -> PushResult:
@@ -72,11 +89,26 @@ class RayClient:
 
     def __init__(self, shards: list):
         self.shards = shards
+        self.last_wait = 0.0  # s the last pull waited for a coordinating policy
 
-    def pull(self, averaged: bool = False) -> list[tuple[np.ndarray, int]]:
-        metas = ray.get([s.pull.remote(averaged) for s in self.shards])  # all shards at once
-        arrays = ray.get([refs[0] for _, refs in metas])  # zero-copy, read-only numpy
-        return [(a, v) for a, (v, _) in zip(arrays, metas)]
+    def pull(self, averaged: bool = False, worker: int | None = None,
+             clock: int = 0) -> list[tuple[np.ndarray, int]]:
+        """Every shard's snapshot, requested concurrently; shards that hold the pull for a
+        coordinating policy are asked again until they let it through."""
+        t0 = time.perf_counter()
+        metas = ray.get([s.pull.remote(averaged, worker, clock) for s in self.shards])
+        retried = False
+        while any(m is None for m in metas):
+            retried = True
+            waiting = [i for i, m in enumerate(metas) if m is None]
+            for i, m in zip(waiting, ray.get([self.shards[i].pull.remote(averaged, worker, clock)
+                                              for i in waiting])):
+                metas[i] = m
+        # The time the shards held it, not the round trip every pull pays.
+        self.last_wait = (time.perf_counter() - t0 if retried
+                          else max(m[2] for m in metas))
+        arrays = ray.get([m[1][0] for m in metas])  # zero-copy, read-only numpy
+        return [(a, m[0]) for a, m in zip(arrays, metas)]
 
     def push(self, shard: int, grad: np.ndarray, version_read: int, worker: int,
              bn_stats: np.ndarray | None):
@@ -85,3 +117,6 @@ class RayClient:
 
     def results(self, handles: list) -> list[PushResult]:
         return ray.get(handles)
+
+    def retire(self, worker: int) -> None:
+        ray.get([s.retire.remote(worker) for s in self.shards])

@@ -42,6 +42,7 @@ class WorkerActor:
                 break
             self.worker.step()
         self.worker.flush()
+        self.worker.client.retire(self.worker.id)  # SSP/BSP: nobody waits for a finished worker
         self.finished = time.time()
         return {**self.progress(), "seconds": self.finished - self.started}
 

@@ -8,7 +8,10 @@ Invariants:
   `max_inflight` steps are still unacknowledged (back-pressure, so nothing piles up unboundedly).
 - Downpour's knobs: weights are fetched every `fetch_every` steps and gradients accumulated over
   `push_every` steps (their mean is pushed), which the staleness harness can sweep.
-- Every push's result (outcome, staleness, lr) becomes one metrics row.
+- Every push's result (outcome, staleness, lr) becomes one metrics row, with the seconds the
+  step spent computing, in injected delay and waiting for a coordinating policy (SSP/BSP).
+- A step is two phases, `begin_step` (maybe pull, compute) and `finish_step` (maybe push), so the
+  simulator can put virtual time between them; `step` is both, in real time.
 """
 
 from __future__ import annotations
@@ -36,32 +39,39 @@ class Worker:
                  batches: Batches, *, image_size: int | None = None, in_channels: int | None = None,
                  fetch_every: int = 1, push_every: int = 1, max_inflight: int = 2,
                  aux_weight: float = 0.3, label_smoothing: float = 0.0, device="cpu",
-                 delay: float = 0.0):
+                 delay=None):
         self.id = worker_id
         self.flat, self.model, self.shards, self.client = flat, flat.model, shards, client
         self.batches = batches
         self.image_size, self.in_channels = image_size, in_channels
         self.fetch_every, self.push_every, self.max_inflight = fetch_every, push_every, max_inflight
         self.aux_weight, self.label_smoothing = aux_weight, label_smoothing
-        self.device, self.delay = torch.device(device), delay
+        self.device = torch.device(device)
+        self.delay = delay  # a StepDelay (or None): injected straggling, see delays.py
+        self.now = time.time  # the simulator replaces this with its virtual clock
         self.versions = [0] * len(shards)  # shard versions of the weights in the model now
         self.inflight: deque = deque()  # (step, loss, handles) awaiting acknowledgement
         self.rows: deque = deque()  # one per acknowledged push; deque: drained from another thread
         self.step_count = 0
-        self.pushes_sent = 0
+        self.pushes_sent = 0  # shard pushes
+        self.clock = 0  # pushes made (each to every shard): what SSP counts
+        self.timing = {"compute": 0.0, "delay": 0.0, "wait": 0.0}  # s, since the last push
         self.images = 0
         self.last_loss = float("nan")
+        self.last_compute = 0.0  # s of the last forward/backward
         self.model.train()
 
     # ---- the three moves of a step ------------------------------------------------------------
     def pull(self) -> None:
-        """Copy every shard's weights (and served BatchNorm statistics) into the flat buffers."""
-        for spec, (arr, version) in zip(self.shards, self.client.pull()):
+        """Copy every shard's weights (and served BatchNorm statistics) into the flat buffers.
+        Under a coordinating policy the shards may hold the pull until this worker may read."""
+        for spec, (arr, version) in zip(self.shards, self.client.pull(worker=self.id, clock=self.clock)):
             p0, p1 = spec.params
             b0, b1 = spec.buffers
             self.flat.params[p0:p1].copy_(torch.from_numpy(arr[:p1 - p0]))  # arr is read-only
             self.flat.buffers[b0:b1].copy_(torch.from_numpy(arr[p1 - p0:]))
             self.versions[spec.index] = version
+        self.timing["wait"] += self.client.last_wait  # s the shards held this pull (SSP/BSP)
 
     def compute(self) -> float:
         """Forward and backward on one mini-batch; gradients accumulate in the flat buffer."""
@@ -84,30 +94,50 @@ class Worker:
         handles = [self.client.push(s.index, grads[s.params[0]:s.params[1]], self.versions[s.index],
                                     self.id, bn[s.buffers[0]:s.buffers[1]]) for s in self.shards]
         self.pushes_sent += len(handles)
-        self.inflight.append((self.step_count, loss, time.time(), handles))
+        self.clock += 1
+        self.inflight.append((self.step_count, loss, self.now(), dict(self.timing), handles))
+        self.timing = dict.fromkeys(self.timing, 0.0)
         while len(self.inflight) > self.max_inflight:
             self._acknowledge()
 
     def _acknowledge(self) -> None:
-        step, loss, t, handles = self.inflight.popleft()
+        step, loss, t, timing, handles = self.inflight.popleft()
         for r in self.client.results(handles):
             self.rows.append({"time": t, "worker": self.id, "shard": r.shard, "step": step,
                               "version_read": r.version_read, "staleness": r.staleness,
                               "outcome": r.outcome, "lr": r.lr, "loss": loss,
-                              "version": r.version, "reason": r.reason})
+                              "version": r.version, "reason": r.reason, **timing})
 
-    def step(self) -> float:
-        """One Downpour step: maybe pull, compute, maybe push. Returns the mini-batch loss."""
-        if self.step_count % self.fetch_every == 0:
+    # ---- a step, in two phases --------------------------------------------------------------------
+    def pull_due(self) -> bool:
+        return self.step_count % self.fetch_every == 0
+
+    def begin_step(self) -> float:
+        """Maybe pull, then compute. Returns the mini-batch loss; `last_compute` its seconds."""
+        if self.pull_due():
             self.pull()
-        if self.delay:
-            time.sleep(self.delay)  # an injected straggler (s per step)
+        t0 = time.perf_counter()
         loss = self.compute()
+        self.last_compute = time.perf_counter() - t0
+        return loss
+
+    def finish_step(self, loss: float) -> None:
+        """Count the step, and push the accumulated gradient every `push_every` steps."""
         self.step_count += 1
         self.last_loss = loss
         if self.step_count % self.push_every == 0:
             self.push(loss)
             self.flat.zero_grad()
+
+    def step(self) -> float:
+        """One Downpour step in real time: maybe pull, compute, (injected delay), maybe push."""
+        loss = self.begin_step()
+        self.timing["compute"] += self.last_compute
+        if self.delay is not None and self.delay.active:
+            pause = self.delay(self.last_compute)  # a straggler stretches its computation
+            time.sleep(pause)
+            self.timing["delay"] += pause
+        self.finish_step(loss)
         return loss
 
     def flush(self) -> None:
