@@ -4,6 +4,8 @@ lists the zoo.
     ps-train                                   # digits, 4 async workers, 2 shards, ~1 minute on CPU
     ps-train --model resnet18 --workers 8 --address auto
     ps-train --config run.yaml --lr 0.1        # flags override the file
+    ps-train --simulate --workers 16           # the deterministic simulator, same flags
+    ps-train sweep examples/staleness_sweep.yaml && ps-train report runs/staleness_sweep
 
 Flags are generated from `TrainConfig`, so `--help` always shows every setting and its default.
 Bad flags fail before Ray starts, naming the flag and what is allowed.
@@ -17,13 +19,14 @@ import sys
 
 from .config import TrainConfig
 
-SUBCOMMANDS = ("train", "models")
+SUBCOMMANDS = ("train", "models", "sweep", "report")
 
 
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ps-train", description="Asynchronous SGD on a sharded parameter server built from "
-        "Ray actors (DistBelief / Downpour SGD). Sub-commands: `ps-train models` lists the zoo.",
+        "Ray actors (DistBelief / Downpour SGD). Sub-commands: `ps-train models` lists the zoo; "
+        "`ps-train sweep SPEC.yaml` runs a grid of runs; `ps-train report DIR` plots a run or sweep.",
     )
     p.add_argument("--config", default=None, help="YAML file of settings; flags override it (default: none)")
     for f in dataclasses.fields(TrainConfig):
@@ -64,17 +67,36 @@ def cmd_models(argv: list[str]) -> int:
     return 0
 
 
+def cmd_harness(name: str, argv: list[str]) -> int:
+    """`ps-train sweep SPEC` and `ps-train report DIR` (the staleness harness)."""
+    from importlib import import_module
+
+    try:
+        return import_module(f".harness.{name}", __package__).main(argv)
+    except ValueError as e:
+        print(f"ps-train {name}: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        print(f"ps-train {name}: error: {e}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "models":
         return cmd_models(argv[1:])
+    if argv and argv[0] in ("sweep", "report"):
+        return cmd_harness(argv[0], argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
     try:
         cfg = config_from_args(argv).validate()
-        from .trainer import train
+        if cfg.simulate:
+            from .harness.simulate import simulate as run
+        else:
+            from .trainer import train as run
 
-        summary = train(cfg, log=lambda s: print(s, flush=True))
+        summary = run(cfg, log=lambda s: print(s, flush=True))
     except ValueError as e:  # bad settings: nothing was started
         print(f"ps-train: error: {e}", file=sys.stderr)
         return 2

@@ -132,8 +132,10 @@ class Synchronous(Policy):
         return Decision(AGGREGATED)
 
     def quorum(self, shard) -> int:
-        """Gradients needed for a step: K - b, or fewer once workers have finished."""
-        return max(1, min(self.workers - self.backup, len(_active(shard, self.workers))))
+        """Gradients needed for a step: K - b, or fewer once workers have finished (a finished
+        worker whose last gradient is already in this step's sum still counts)."""
+        able = [w for w in range(self.workers) if w not in shard.retired or w in shard.contributors]
+        return max(1, min(self.workers - self.backup, len(able)))
 
     def ready(self, shard, worker: int, clock: int) -> bool:
         return worker not in shard.last_read or shard.version > shard.last_read[worker]

@@ -86,6 +86,7 @@ class ShardState:
         # BSP: the sum of this version's gradients and how many there are.
         self._agg = torch.zeros(self.params.shape[0]) if self.policy.aggregates else None
         self._agg_count = 0
+        self.contributors: set[int] = set()  # workers whose gradient is in the sum
         self.lock = threading.Lock()  # held while arrays change; kernels release the GIL
         self.cond = threading.Condition(self.lock)  # notified whenever a worker may have become ready
         # torch views over the numpy storage: the kernels write the numpy arrays in place.
@@ -199,6 +200,7 @@ class ShardState:
             if decision.outcome == AGGREGATED:
                 self._agg.add_(g)
                 self._agg_count += 1
+                self.contributors.add(worker)
                 result = self._record(worker, decision, version_read, staleness, lr)
                 if self._agg_count >= self.policy.quorum(self):
                     self._step_aggregate()
@@ -220,6 +222,7 @@ class ShardState:
             self._apply(self._agg / self._agg_count, self.schedule(self.version))
             self._agg.zero_()
             self._agg_count = 0
+            self.contributors.clear()
 
     def _apply(self, g: torch.Tensor, lr: float) -> None:
         self.version += 1
@@ -267,7 +270,8 @@ class ShardState:
                     "clocks": dict(self.clocks), "retired": sorted(self.retired),
                     "last_read": dict(self.last_read),
                     "aggregate": None if self._agg is None else self._agg.numpy().copy(),
-                    "aggregate_count": self._agg_count, "policy": self.policy.state_dict()}
+                    "aggregate_count": self._agg_count, "contributors": sorted(self.contributors),
+                    "policy": self.policy.state_dict()}
 
     def load_state_dict(self, sd: dict) -> None:
         if sd["index"] != self.index or sd["params"].shape != self.params.shape:
@@ -292,5 +296,6 @@ class ShardState:
             if self._agg is not None and sd.get("aggregate") is not None:
                 self._agg.copy_(torch.from_numpy(np.asarray(sd["aggregate"], np.float32)))
                 self._agg_count = int(sd.get("aggregate_count", 0))
+                self.contributors = {int(w) for w in sd.get("contributors", [])}
             self.policy.load_state_dict(sd.get("policy", {}))
             self.cond.notify_all()

@@ -117,6 +117,17 @@ def check_memory(plan: Plan) -> None:
             f"cluster with --address")
 
 
+def shard_options(plan: Plan) -> dict:
+    """The `ShardState` settings of the run (a fresh policy object each call: one per shard)."""
+    cfg = plan.cfg
+    upe = plan.updates_per_epoch
+    schedule = LRSchedule(cfg.lr, cfg.lr_schedule, cfg.lr_decay,
+                          max(1, round(cfg.lr_decay_epochs * upe)), round(cfg.warmup_epochs * upe))
+    return dict(optimizer=NesterovMomentum(cfg.momentum, cfg.weight_decay, cfg.nesterov),
+                schedule=schedule, policy=make_policy(cfg.policy, **cfg.policy_options()),
+                averager=PolyakAverage(cfg.polyak(), round(cfg.polyak_start_epochs * upe)))
+
+
 def make_shards(plan: Plan, resources) -> list:
     import ray
 
@@ -124,10 +135,6 @@ def make_shards(plan: Plan, resources) -> list:
 
     cfg = plan.cfg
     params, buffers = plan.layout.flatten(plan.model)
-    upe = plan.updates_per_epoch
-    schedule = LRSchedule(cfg.lr, cfg.lr_schedule, cfg.lr_decay,
-                          max(1, round(cfg.lr_decay_epochs * upe)), round(cfg.warmup_epochs * upe))
-    averager = PolyakAverage(cfg.polyak(), round(cfg.polyak_start_epochs * upe))
     actor = ray.remote(ParameterServerShard)
     shards = []
     for s in plan.layout.shards(cfg.ps_shards):
@@ -135,10 +142,8 @@ def make_shards(plan: Plan, resources) -> list:
         shards.append(actor.options(num_cpus=resources.shard_cpus,
                                     max_concurrency=cfg.workers + 4).remote(
             s.index, params[s.params[0]:s.params[1]], buffers[s.buffers[0]:s.buffers[1]],
-            optimizer=NesterovMomentum(cfg.momentum, cfg.weight_decay, cfg.nesterov),
-            schedule=schedule, policy=make_policy(cfg.policy, **cfg.policy_options()), averager=averager,
-            publish_every=cfg.publish_every, publish_interval=cfg.publish_interval,
-            threads=max(1, int(resources.shard_cpus))))
+            **shard_options(plan), publish_every=cfg.publish_every,
+            publish_interval=cfg.publish_interval, threads=max(1, int(resources.shard_cpus))))
     return shards
 
 
@@ -176,12 +181,11 @@ def make_workers(plan: Plan, shards: list, resources) -> list:
 
 
 class Evaluator:
-    """Evaluates the weights the shards published, on the driver, while the workers keep going."""
+    """Evaluates the weights the shards published, on the driver, while the workers keep going.
+    `client` is any PS client; `clock` gives the time (the simulator's is virtual)."""
 
-    def __init__(self, plan: Plan, shards: list):
-        from ..transport.ray_shard import RayClient
-
-        self.plan, self.client = plan, RayClient(shards)
+    def __init__(self, plan: Plan, client, clock=time.time):
+        self.plan, self.client, self.clock = plan, client, clock
         self.model = plan.model
         self.specs = plan.layout.shards(plan.cfg.ps_shards)
         self.bn = has_batchnorm(self.model)
@@ -203,7 +207,8 @@ class Evaluator:
                     bn = f"recomputed ({cfg.bn_batches} batches)"
             m = evaluate(self.model, data.x_test, data.y_test, in_channels=self.plan.in_channels,
                          image_size=self.plan.image_size)
-            rows.append({"time": time.time(), "elapsed": time.time() - t0, "step": step,
+            now = self.clock()
+            rows.append({"time": now, "elapsed": now - t0, "step": step,
                          "weights": weights, "bn": bn, **m})
         return rows
 
@@ -249,7 +254,9 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log) -> di
 
     cfg = plan.cfg
     t0 = time.time()
-    evaluator = Evaluator(plan, shards)
+    from ..transport.ray_shard import RayClient
+
+    evaluator = Evaluator(plan, RayClient(shards))
     bar = ProgressBar(plan.steps_per_worker * cfg.workers, enabled=cfg.progress)
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     progress = {i: {"steps": 0, "images": 0, "loss": float("nan"), "pushes_sent": 0}

@@ -33,7 +33,8 @@ def summarize(plan, final_evals: list[dict], shard_stats: list[dict], progress: 
     steps = sum(p["steps"] for p in progress.values())
     evals = {r["weights"]: r for r in final_evals}
     summary = {
-        "model": cfg.model, "dataset": cfg.dataset, "workers": cfg.workers,
+        "model": cfg.model, "dataset": cfg.dataset, "num_classes": plan.data.num_classes,
+        "workers": cfg.workers,
         "ps_shards": cfg.ps_shards, "policy": cfg.policy, "run_dir": str(run_path),
         "train_seconds": train_time, "steps": steps, "images": images,
         "images_per_s": images / max(train_time, 1e-9), "steps_per_s": steps / max(train_time, 1e-9),

@@ -16,20 +16,21 @@ from ..core.shard import PushResult, ShardState
 
 
 class InProcessClient:
-    def __init__(self, shards: list[ShardState]):
+    def __init__(self, shards: list[ShardState], clock=time.perf_counter):
         self.shards = shards
+        self.clock = clock  # the simulator's is virtual: its waits are its own events
         self.last_wait = 0.0  # s the last pull waited for the policy (per client: one per worker)
 
     def pull(self, averaged: bool = False, worker: int | None = None,
              clock: int = 0) -> list[tuple[np.ndarray, int]]:
         """`[weights | BatchNorm statistics]` and version of every shard; `worker` and `clock`
         (pushes it made) let a coordinating policy hold the pull until the worker may read."""
-        t0 = time.perf_counter()
+        t0 = self.clock()
         if worker is not None:
             for s in self.shards:
                 while not s.wait_ready(worker, clock, timeout=1.0):
                     pass
-        self.last_wait = time.perf_counter() - t0
+        self.last_wait = self.clock() - t0
         return [s.snapshot(averaged, worker) for s in self.shards]
 
     def push(self, shard: int, grad: np.ndarray, version_read: int, worker: int,

@@ -1,0 +1,1 @@
+"""The staleness harness: the deterministic simulator, sweeps over settings, and reports."""

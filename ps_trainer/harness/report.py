@@ -1,0 +1,530 @@
+"""Reports: PNG plots and a `report.md` a person reads first, for a run or for a sweep of runs.
+
+`ps-train report DIR` takes either kind of directory:
+
+- a run directory (`summary.json`, `evals.parquet`, `pushes.parquet`): accuracy of the raw and
+  Polyak-averaged weights (Polyak & Juditsky 1992) over steps and time, the staleness histogram
+  of the pushes (Dean et al. 2012's Downpour has no bound on it), and the push loss per worker.
+  The run's own end-of-run table stays at the top of its report.md; this section goes below
+  `MARKER` and is replaced on every rerun, so reporting twice is the same as reporting once.
+- a sweep directory (`sweep.parquet`, `cells/<cell>/`): accuracy against steps, time and mean
+  staleness per policy and number of workers -- the comparison of Zhang et al. 2016
+  ("Staleness-aware async-SGD") and Zheng et al. 2017 (DC-ASGD) -- and raw against Polyak.
+  `seed` is replication: cells that differ only in seed are one group, shown as mean +- std.
+
+Only numpy, pyarrow, yaml and matplotlib (Agg: no display) are used; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: works on a headless machine and under pytest
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from ..config import TrainConfig  # noqa: E402
+
+MARKER = "<!-- ps-train report -->"
+DPI = 110
+STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9,
+         "figure.titlesize": 13, "axes.grid": True, "grid.alpha": 0.3}
+RUN_FILES = ("summary.json",)  # evals.parquet and pushes.parquet may be missing: plots say "no data"
+SWEEP_FILES = ("sweep.parquet",)
+# Result columns of sweep.parquet: never settings, even where a name is also a TrainConfig field
+# (`max_staleness` is drop_stale's bound there, and the largest staleness seen here).
+RESULTS = {"raw_top1", "raw_top5", "raw_loss", "polyak_top1", "polyak_top5", "polyak_loss",
+           "mean_staleness", "max_staleness", "steps", "train_seconds", "wall_seconds",
+           "pushes_sent", "applied", "scaled", "compensated", "aggregated", "rejected",
+           "simulated", "diverged", "cell", "run_dir", "progress"}
+CHANCE = 0.2  # raw top-1 at or below this (10 classes: 0.1) counts as diverged
+
+
+# ---- reading ----------------------------------------------------------------------------------
+def _table(path: Path, columns=None) -> dict[str, np.ndarray]:
+    """A parquet file as numpy columns ({} if it is missing: an interrupted cell has no pushes)."""
+    if not path.is_file():
+        return {}
+    t = pq.read_table(path, columns=columns).to_pydict()
+    return {k: np.asarray(v) for k, v in t.items()}
+
+
+def _curve(evals: dict, weights: str, x: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, top-1) of one set of weights, in evaluation order."""
+    if not evals:
+        return np.zeros(0), np.zeros(0)
+    keep = evals["weights"] == weights
+    order = np.argsort(evals[x][keep], kind="stable")
+    return evals[x][keep][order].astype(float), evals["top1"][keep][order].astype(float)
+
+
+def _staleness(pushes: dict) -> np.ndarray:
+    s = pushes.get("staleness", np.zeros(0, dtype=np.int64))
+    return s[s >= 0]  # -1 marks a malformed push whose version could not be read
+
+
+def _moving_average(y: np.ndarray, window: int) -> np.ndarray:
+    """Mean of the last `window` finite values (NaN losses are skipped, not propagated)."""
+    ok = np.isfinite(y)
+    k = np.ones(max(1, window))
+    total = np.convolve(np.where(ok, y, 0.0), k)[: len(y)]
+    count = np.convolve(ok.astype(float), k)[: len(y)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)
+
+
+def _push_losses(pushes: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(total worker steps so far, worker, loss) of each push, in time order.
+
+    A push has one row per shard; one is kept. The x-axis counts all workers' steps, as
+    evals.parquet's `step` does, so the loss and accuracy plots share their axis.
+    """
+    if not pushes or len(pushes["step"]) == 0:
+        return np.zeros(0), np.zeros(0, dtype=int), np.zeros(0)
+    w, step = pushes["worker"].astype(np.int64), pushes["step"].astype(np.int64)
+    _, first = np.unique(w * (1 << 40) + step, return_index=True)
+    first = first[np.lexsort((step[first], w[first]))]  # by worker, then step
+    w, step, t, loss = w[first], step[first], pushes["time"][first], pushes["loss"][first]
+    new_steps = np.diff(step, prepend=0)
+    new_steps[np.r_[True, w[1:] != w[:-1]]] = step[np.r_[True, w[1:] != w[:-1]]]
+    order = np.argsort(t, kind="stable")
+    return np.cumsum(new_steps[order]).astype(float), w[order], loss[order].astype(float)
+
+
+# ---- small plotting helpers -------------------------------------------------------------------
+def _axes(n: int, width: float = 5.2, height: float = 4.0, max_cols: int = 3, **kw):
+    cols = min(n, max_cols)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, **kw)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _save(fig, path: Path, written: list[Path]) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    written.append(path)
+
+
+def _empty(ax, what: str = "no data") -> None:
+    ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
+def _int_bins(values: np.ndarray, most: int = 80) -> np.ndarray:
+    """Bins centred on integers (staleness is a count of versions), at most `most` of them."""
+    top = int(values.max()) if values.size else 1
+    width = max(1, math.ceil((top + 1) / most))
+    return np.arange(-0.5, top + width + 0.5, width)
+
+
+def _pct(mean: float, std: float = float("nan"), n: int = 1) -> str:
+    """A top-1 as a percentage: `93.21 ± 0.45%` over n > 1 seeds, else `93.21%`."""
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}%" if n > 1 and np.isfinite(std) else f"{100 * mean:.2f}%"
+
+
+def _mean_std(v) -> tuple[float, float]:
+    v = np.asarray(v, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan")
+
+
+# ---- a run directory --------------------------------------------------------------------------
+def run_report(run: Path) -> tuple[Path, list[Path]]:
+    """Plots of one run and its report section; returns (report.md, PNGs written)."""
+    summary = json.loads((run / "summary.json").read_text())
+    evals = _table(run / "evals.parquet")
+    pushes = _table(run / "pushes.parquet", ["time", "worker", "step", "staleness", "loss"])
+    seconds = "virtual s" if summary.get("simulated") else "s"
+    written: list[Path] = []
+    with plt.rc_context(STYLE):
+        fig, (a, b) = _axes(2, width=6)
+        for ax, x, label in ((a, "step", "total worker steps"), (b, "elapsed", f"elapsed ({seconds})")):
+            for weights, style in (("raw", "-o"), ("polyak", "-s")):
+                xs, ys = _curve(evals, weights, x)
+                if xs.size:
+                    ax.plot(xs, 100 * ys, style, ms=3, label=f"{weights.replace('polyak', 'Polyak')} weights")
+            ax.set(xlabel=label, ylabel="top-1 accuracy (%)", ylim=(0, 100))
+            ax.legend(loc="lower right") if ax.lines else _empty(ax, "no evaluations")
+        a.set_title("top-1 vs steps")
+        b.set_title("top-1 vs time")
+        fig.suptitle(f"{summary.get('model')}, {summary.get('workers')} workers, "
+                     f"policy {summary.get('policy')}")
+        _save(fig, run / "accuracy.png", written)
+
+        stale = _staleness(pushes)
+        fig, (ax,) = _axes(1, width=6.4)
+        if stale.size:
+            ax.hist(stale, bins=_int_bins(stale), color="tab:blue", alpha=0.8)
+            ax.axvline(stale.mean(), color="tab:red", ls="--", label=f"mean {stale.mean():.2f}")
+            ax.legend()
+        else:
+            _empty(ax, "no pushes")
+        ax.set(xlabel="staleness (shard versions since the pull)", ylabel="pushes (one per shard)",
+               title="staleness of the pushes")
+        _save(fig, run / "staleness.png", written)
+
+        steps, worker, loss = _push_losses(pushes)
+        fig, (ax,) = _axes(1, width=6.4)
+        window = max(1, len(loss) // 30)  # about 30 independent points along the run
+        for w in np.unique(worker):
+            m = worker == w
+            ax.plot(steps[m], _moving_average(loss[m], max(1, m.sum() // 30)), lw=0.8, alpha=0.35)
+        if np.isfinite(loss).any():
+            ax.plot(steps, _moving_average(loss, window), color="black", lw=2,
+                    label=f"all workers (moving mean of {window} pushes)")
+            ax.legend()
+            finite = loss[np.isfinite(loss) & (loss > 0)]
+            if finite.size and finite.max() / finite.min() > 30:
+                ax.set_yscale("log")  # a diverging run spans decades
+        else:
+            _empty(ax, "no finite push loss (diverged?)" if loss.size else "no pushes")
+        ax.set(xlabel="total worker steps", ylabel="training loss (cross-entropy)",
+               title="push loss: each worker faint, the mean bold")
+        _save(fig, run / "loss.png", written)
+
+    out = summary.get("outcomes", {})
+    sent = sum(out.values())
+    lines = ["## Report", "",
+             "| outcome | pushes | share |", "| --- | ---: | ---: |"]
+    lines += [f"| {k} | {v} | {100 * v / max(sent, 1):.1f}% |" for k, v in sorted(out.items())]
+    raw, pol = summary.get("raw", {}), summary.get("polyak", {})
+    lines += ["", "| mean staleness | max staleness | raw top-1 | Polyak top-1 |",
+              "| ---: | ---: | ---: | ---: |",
+              f"| {summary.get('mean_staleness', float('nan')):.2f} | {summary.get('max_staleness', '')} "
+              f"| {_pct(raw.get('top1', float('nan')))} | {_pct(pol.get('top1', float('nan')))} |", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in written]
+    md = run / "report.md"
+    head = md.read_text().split(MARKER)[0].rstrip() if md.is_file() else ""
+    md.write_text((head + "\n\n" if head else "") + MARKER + "\n" + "\n".join(lines) + "\n")
+    return md, written
+
+
+# ---- a sweep directory ------------------------------------------------------------------------
+def _sort_key(v):
+    return (v is None, str(type(v)), v if v is not None else 0)
+
+
+class Sweep:
+    """sweep.parquet's rows, which settings vary, and the cells grouped over seeds."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows = pq.read_table(path / "sweep.parquet").to_pylist()
+        fields = {f.name for f in TrainConfig.fields()}
+        columns = list(self.rows[0]) if self.rows else []
+        self.settings = [c for c in columns if c in fields and c not in RESULTS]
+        self.varied = [c for c in self.settings
+                       if len({repr(r[c]) for r in self.rows}) > 1]
+        # Settings other than the two axes of every plot, and the replication.
+        self.others = [c for c in self.varied if c not in ("policy", "workers", "seed")]
+        for r in self.rows:
+            r.setdefault("policy", "-")
+            r.setdefault("workers", 0)
+            d = Path(str(r.get("run_dir") or ""))
+            d = d if d.is_absolute() else path / d
+            r["_dir"] = d if (d / "summary.json").is_file() else path / "cells" / str(r.get("cell"))
+            loss, top1 = r.get("raw_loss", float("nan")), r.get("raw_top1", float("nan"))
+            if r.get("diverged") is None:
+                r["diverged"] = not np.isfinite(loss) or not top1 > CHANCE
+        self.policies = sorted({r["policy"] for r in self.rows}, key=_sort_key)
+        self.workers = sorted({r["workers"] for r in self.rows}, key=_sort_key)
+        self._evals: dict[Path, dict] = {}
+
+    def groups(self) -> dict[tuple, list[dict]]:
+        """(policy, workers, *others) -> the cells that differ only in seed."""
+        out: dict[tuple, list[dict]] = {}
+        for r in self.rows:
+            out.setdefault((r["policy"], r["workers"], *(r[c] for c in self.others)), []).append(r)
+        return dict(sorted(out.items(), key=lambda kv: [_sort_key(v) for v in kv[0]]))
+
+    def best(self, policy, workers, **fixed) -> tuple[tuple, list[dict]] | None:
+        """The group of (policy, workers) with the best mean final raw top-1 (over the others)."""
+        found = [(k, g) for k, g in self.groups().items() if k[:2] == (policy, workers)
+                 and all(g[0][c] == v for c, v in fixed.items())]
+        if not found:
+            return None
+        return max(found, key=lambda kg: np.nan_to_num(_mean_std([r["raw_top1"] for r in kg[1]])[0],
+                                                       nan=-1.0))
+
+    def label(self, key: tuple, skip=()) -> str:
+        """`momentum 0.9, lr 0.1` for the other settings of a group key."""
+        return ", ".join(f"{c} {v}" for c, v in zip(self.others, key[2:]) if c not in skip)
+
+    def evals(self, row: dict) -> dict:
+        if row["_dir"] not in self._evals:
+            self._evals[row["_dir"]] = _table(row["_dir"] / "evals.parquet")
+        return self._evals[row["_dir"]]
+
+
+def _mean_curve(sweep: Sweep, cells: list[dict], x: str, points: int = 100):
+    """Raw top-1 of the cells interpolated onto a common grid of x: (grid, mean, std)."""
+    curves = [c for c in (_curve(sweep.evals(r), "raw", x) for r in cells) if c[0].size]
+    if not curves:
+        return None
+    lo, hi = max(c[0][0] for c in curves), min(c[0][-1] for c in curves)
+    grid = np.linspace(lo, hi, points) if hi > lo else curves[0][0]
+    ys = np.array([np.interp(grid, cx, cy) for cx, cy in curves])  # (seeds, points)
+    return grid, ys.mean(0), ys.std(0)
+
+
+def _colors(values):
+    cmap = plt.get_cmap("viridis")
+    return {v: cmap(0.9 * i / max(1, len(values) - 1)) for i, v in enumerate(values)}
+
+
+def _curves_plot(sweep: Sweep, x: str, xlabel: str, title: str, path: Path, written: list) -> None:
+    colors = _colors(sweep.workers)
+    fig, axes = _axes(len(sweep.policies), height=4.8, sharey=True)
+    for ax, policy in zip(axes, sweep.policies):
+        for k in sweep.workers:
+            found = sweep.best(policy, k)
+            curve = found and _mean_curve(sweep, found[1], x)
+            if not curve:
+                continue
+            grid, mean, std = curve
+            extra = sweep.label(found[0])
+            ax.plot(grid, 100 * mean, color=colors[k], lw=2,
+                    label=f"{k} workers" + (f" ({extra})" if extra else ""))
+            if len(found[1]) > 1:
+                ax.fill_between(grid, 100 * (mean - std), 100 * (mean + std), color=colors[k], alpha=0.15)
+        ax.set(title=f"policy {policy}", xlabel=xlabel, ylim=(0, 100))
+        if ax.lines:  # below the panel: inside, it hid the slow curves of many workers
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+        else:
+            _empty(ax, "no evaluations")
+    axes[0].set_ylabel("raw top-1 accuracy (%)")
+    seeds = "mean ± std over seeds" if "seed" in sweep.varied else "one seed"
+    best = f"; each line the best {', '.join(sweep.others)} of its workers" if sweep.others else ""
+    fig.suptitle(f"{title} ({seeds}{best})")
+    _save(fig, path, written)
+
+
+def _staleness_plot(sweep: Sweep, path: Path, written: list) -> None:
+    fig, axes = _axes(len(sweep.policies))
+    colors = _colors(sweep.workers)
+    for ax, policy in zip(axes, sweep.policies):
+        pooled = {}
+        for k in sweep.workers:
+            found = sweep.best(policy, k)
+            parts = [_staleness(_table(r["_dir"] / "pushes.parquet", ["staleness"]))
+                     for r in (found[1] if found else [])]
+            if parts and sum(p.size for p in parts):
+                pooled[k] = np.concatenate(parts)
+        if not pooled:
+            _empty(ax, "no pushes")
+        else:
+            everything = np.concatenate(list(pooled.values()))
+            bins = _int_bins(everything)
+            for k, s in pooled.items():
+                ax.hist(s, bins=bins, density=True, histtype="step", lw=1.8, color=colors[k],
+                        label=f"{k} workers (mean {s.mean():.1f})")
+            ax.set_xlim(-0.5, np.percentile(everything, 99.5) + 1)  # the far tail flattens the rest
+            ax.legend()
+        ax.set(title=f"policy {policy}", xlabel="staleness (versions)", ylabel="density")
+    fig.suptitle("staleness of the pushes (seeds pooled)")
+    _save(fig, path, written)
+
+
+def _staleness_accuracy_plot(sweep: Sweep, path: Path, written: list) -> None:
+    fig, (ax,) = _axes(1, width=7, height=4.8)
+    xs = []
+    for i, policy in enumerate(sweep.policies):
+        pts = []
+        for k in sweep.workers:
+            found = sweep.best(policy, k)
+            if found:
+                sx, sxe = _mean_std([r["mean_staleness"] for r in found[1]])
+                ay, aye = _mean_std([r["raw_top1"] for r in found[1]])
+                pts.append((sx, np.nan_to_num(sxe), 100 * ay, 100 * np.nan_to_num(aye), k))
+        if not pts:
+            continue
+        sx, sxe, ay, aye, ks = zip(*pts)
+        ax.errorbar(sx, ay, xerr=sxe, yerr=aye, fmt="-o", ms=6, capsize=3, label=policy,
+                    color=f"C{i}")
+        xs += list(zip(sx, ay, ks))
+    _label_workers(ax, xs)
+    xs = np.array([x for x, _, _ in xs if np.isfinite(x)])
+    if xs.size and xs.max() > 20 and xs.max() / max(xs.min(), 0.5) > 30:
+        ax.set_xscale("symlog", linthresh=1)  # staleness spans decades; symlog keeps 0 on the axis
+    ax.legend(title="policy") if ax.lines else _empty(ax)
+    ax.set_xlim(left=0)  # staleness 0 (sync) is a point of reference, not an edge case
+    ax.set(ylim=(0, 100), xlabel="mean staleness (versions)", ylabel="final raw top-1 (%)",
+           title="final accuracy vs staleness (K = workers; mean ± std over seeds)")
+    _save(fig, path, written)
+
+
+def _label_workers(ax, points) -> None:
+    """`K=4` next to the points; once for points of equal K that nearly coincide (the policies
+    of one K often have the same staleness), so labels do not print over each other."""
+    placed: list[tuple] = []
+    span = max([abs(x) for x, _, _ in points if np.isfinite(x)] + [1.0])
+    for x, y, k in points:
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        if any(k == pk and abs(x - px) < 0.04 * span and abs(y - py) < 6 for px, py, pk in placed):
+            continue
+        placed.append((x, y, k))
+        ax.annotate(f"K={k}", (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9,
+                    color="0.25")
+
+
+def _raw_polyak_plot(sweep: Sweep, path: Path, written: list) -> None:
+    fig, (ax,) = _axes(1, width=6, height=5.6)
+    for i, policy in enumerate(sweep.policies):
+        cells = [r for r in sweep.rows if r["policy"] == policy]
+        ax.scatter([100 * r["raw_top1"] for r in cells], [100 * r["polyak_top1"] for r in cells],
+                   s=30, alpha=0.75, color=f"C{i}", edgecolor="k", lw=0.4, label=policy)
+    lo = min([100 * min(r["raw_top1"], r["polyak_top1"]) for r in sweep.rows] + [100.0])
+    lo = max(0.0, lo - 5) if np.isfinite(lo) else 0.0
+    ax.plot([lo, 100], [lo, 100], "k--", lw=1, label="Polyak = raw")
+    ax.set(xlim=(lo, 100), ylim=(lo, 100), aspect="equal", xlabel="final raw top-1 (%)",
+           ylabel="final Polyak top-1 (%)", title="Polyak average vs raw weights, every cell")
+    ax.legend(loc="lower right")
+    _save(fig, path, written)
+
+
+def _momentum(sweep: Sweep) -> tuple[str, list[tuple]]:
+    """For one policy: per workers, (workers, {momentum: (mean, std, n)}, best momentum)."""
+    policy = "async" if "async" in sweep.policies else sweep.policies[0]
+    momenta = sorted({r["momentum"] for r in sweep.rows})
+    table = []
+    for k in sweep.workers:
+        by_m = {}
+        for m in momenta:
+            found = sweep.best(policy, k, momentum=m)
+            if found:
+                by_m[m] = (*_mean_std([r["raw_top1"] for r in found[1]]), len(found[1]))
+        if by_m:
+            table.append((k, by_m, max(by_m, key=lambda m: np.nan_to_num(by_m[m][0], nan=-1.0))))
+    return policy, table
+
+
+def _momentum_plot(sweep: Sweep, path: Path, written: list) -> None:
+    policy, table = _momentum(sweep)
+    colors = _colors(sweep.workers)
+    fig, (ax,) = _axes(1, width=7, height=4.8)
+    momenta = sorted({r["momentum"] for r in sweep.rows})
+    dodge = 0.008 * (momenta[-1] - momenta[0] or 1)  # error bars of one momentum side by side
+    for i, (k, by_m, best) in enumerate(table):
+        m = sorted(by_m)
+        shift = dodge * (i - (len(table) - 1) / 2)
+        ax.errorbar([v + shift for v in m], [100 * by_m[v][0] for v in m],
+                    yerr=[100 * np.nan_to_num(by_m[v][1]) for v in m],
+                    fmt="-o", capsize=3, color=colors[k], label=f"{k} workers")
+        ax.plot([best + shift], [100 * by_m[best][0]], "*", ms=16, color=colors[k], mec="k")
+    ax.plot([], [], "*", ms=12, color="0.6", mec="k", label="best momentum")
+    ax.set(xlabel="momentum", ylabel="final raw top-1 (%)",
+           title=f"momentum vs workers (policy {policy}; mean ± std over seeds)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1))
+    _save(fig, path, written)
+
+
+def sweep_report(path: Path) -> tuple[Path, list[Path]]:
+    """Plots of a sweep and its report.md (overwritten); returns (report.md, PNGs written)."""
+    sweep = Sweep(path)
+    rows, written = sweep.rows, []
+    lines = [f"# Sweep report: {path.name}", ""]
+    if not rows:
+        md = path / "report.md"
+        md.write_text("\n".join(lines + ["No finished cells in sweep.parquet yet.", ""]))
+        return md, written
+    simulated = all(r.get("simulated") for r in rows)
+    seconds = "virtual s" if simulated else "s"
+    with plt.rc_context(STYLE):
+        _curves_plot(sweep, "step", "total worker steps", "raw top-1 vs steps",
+                     path / "accuracy_vs_steps.png", written)
+        _curves_plot(sweep, "elapsed", f"elapsed ({seconds})", "raw top-1 vs time",
+                     path / "accuracy_vs_time.png", written)
+        _staleness_accuracy_plot(sweep, path / "accuracy_vs_staleness.png", written)
+        _staleness_plot(sweep, path / "staleness_hist.png", written)
+        _raw_polyak_plot(sweep, path / "raw_vs_polyak.png", written)
+        if "momentum" in sweep.varied:
+            _momentum_plot(sweep, path / "momentum_vs_workers.png", written)
+
+    diverged = sum(bool(r["diverged"]) for r in rows)
+    varied = "; ".join(f"{c}: {', '.join(str(v) for v in sorted({r[c] for r in rows}, key=_sort_key))}"
+                       for c in sweep.varied) or "nothing"
+    lines += [f"{len(rows)} cell{'s' * (len(rows) != 1)} ({diverged} diverged: final loss NaN or raw top-1 ≤ "
+              f"{100 * CHANCE:.0f}%){', simulated' if simulated else ''}. Varied: {varied}.", "",
+              "## Results per policy and number of workers", "",
+              "Top-1 of the final weights, mean ± std over seeds (n)."
+              + (" ✓ marks the setting shown in the plots (best mean raw top-1)." if sweep.others else ""),
+              ""]
+    head = ["policy", "workers", *sweep.others, "n", "mean staleness", "raw top-1", "Polyak top-1",
+            "diverged"] + (["plotted"] if sweep.others else [])
+    lines += ["| " + " | ".join(head) + " |",
+              "| --- | ---: | " + " | ".join("---:" for _ in head[2:]) + " |"]
+    for key, cells in sweep.groups().items():
+        raw, pol = _mean_std([r["raw_top1"] for r in cells]), _mean_std([r["polyak_top1"] for r in cells])
+        n = len(cells)
+        row = [*map(str, key), str(n), f"{_mean_std([r['mean_staleness'] for r in cells])[0]:.2f}",
+               _pct(*raw, n), _pct(*pol, n), str(sum(bool(r["diverged"]) for r in cells))]
+        if sweep.others:
+            row.append("✓" if sweep.best(*key[:2])[0] == key else "")
+        lines.append("| " + " | ".join(row) + " |")
+
+    if "momentum" in sweep.varied:
+        policy, table = _momentum(sweep)
+        momenta = sorted({r["momentum"] for r in rows})
+        lines += ["", f"## Best momentum per number of workers (policy {policy})", "",
+                  "| workers | " + " | ".join(f"momentum {m}" for m in momenta) + " | best momentum |",
+                  "| ---: | " + " | ".join("---:" for _ in momenta) + " | ---: |"]
+        for k, by_m, best in table:
+            cells = [_pct(*by_m[m]) if m in by_m else "" for m in momenta]
+            lines.append(f"| {k} | " + " | ".join(cells) + f" | **{best}** |")
+
+    both = [(r["raw_top1"], r["polyak_top1"]) for r in rows
+            if np.isfinite(r["raw_top1"]) and np.isfinite(r["polyak_top1"])]
+    if both:
+        raw, pol = np.array(both).T
+        lines += ["", "## Raw vs Polyak", "",
+                  f"Polyak ≥ raw in {int((pol >= raw).sum())} of {len(both)} cells; "
+                  f"mean difference {100 * (pol - raw).mean():+.2f} points (Polyak − raw)."]
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in written] + [""]
+    md = path / "report.md"
+    md.write_text("\n".join(lines))
+    return md, written
+
+
+# ---- entry points -----------------------------------------------------------------------------
+def build_report(path) -> tuple[Path, list[Path]]:
+    """Report on a run or a sweep directory: (report.md, the PNG files written)."""
+    path = Path(path)
+    if all((path / f).is_file() for f in SWEEP_FILES):
+        return sweep_report(path)
+    if all((path / f).is_file() for f in RUN_FILES):
+        return run_report(path)
+    raise ValueError(f"{path}: neither a run directory (expected summary.json, evals.parquet and "
+                     "pushes.parquet, as `ps-train --run-dir` writes) nor a sweep directory "
+                     "(expected sweep.parquet and cells/); pass one of those")
+
+
+def report(path) -> Path:
+    """Write the plots and report.md of a run or sweep directory; returns report.md's path."""
+    return build_report(path)[0]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ps-train report",
+        description="Plot a run directory or a sweep directory into PNGs and a report.md.")
+    parser.add_argument("dir", help="a run directory (summary.json, evals.parquet, pushes.parquet) "
+                                    "or a sweep directory (sweep.parquet, cells/)")
+    args = parser.parse_args(argv)
+    md, pngs = build_report(args.dir)
+    print(md)
+    for p in pngs:
+        print(p)
+    return 0

@@ -1,0 +1,164 @@
+"""The deterministic simulator: K logical workers in one process, on a virtual clock.
+
+`ps-train --simulate` takes the same settings as a real run and runs the same objects: the same
+`ShardState`s (optimizer, Polyak average, policy), the same `Worker`s (pull, compute, push), over
+the in-process client. Only time is different. Each step's duration is drawn, seeded, from the
+configured model: `sim_step_time` (times a straggler's slowdown, varied by +-`sim_jitter`) plus the
+injected delay. Events are processed in virtual-time order (ties by worker), so
+
+- staleness arises exactly as on a cluster whose workers have those step times: a push is applied
+  at the virtual moment its step ends, and every push applied since the worker's pull is one
+  version of staleness (about K - 1 on average for K equally fast workers);
+- the same seed gives bit-identical metrics: nothing depends on the real clock, threads or
+  scheduling (one torch thread; the global RNG is consumed in event order);
+- a coordinating policy (SSP, BSP) parks a worker whose pull is not allowed yet, and releases it
+  at the virtual moment the push or retirement that allows it happens; the wait is recorded.
+
+A worker computes its gradient when its step begins (on the weights it just pulled) and the push
+is applied when the step ends, which is the same thing a real worker does, in a different order
+of real time. It does not model network latency or the shard's own compute time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..core import FlatModel, ShardState
+from ..data import Batches, partition
+from ..models import build
+from ..trainer.metrics import RunDirectory, new_run_dir
+from ..trainer.progress import ProgressBar
+from ..trainer.run import Evaluator, prepare, shard_options, worker_options
+from ..trainer.summary import summarize
+from ..transport.inprocess import InProcessClient
+from ..worker.delays import worker_delays
+from ..worker.worker import Worker
+
+
+class Simulation:
+    """Builds the shards and logical workers of `cfg` and runs them to the end on virtual time."""
+
+    def __init__(self, cfg: TrainConfig, run_dir=None, log=print):
+        self.cfg, self.log = cfg, log
+        torch.set_num_threads(1)  # determinism, and one core per simulation (sweeps run several)
+        self.plan = plan = prepare(cfg)
+        for note in plan.notes:
+            log(f"note: {note}")
+        params, buffers = plan.layout.flatten(plan.model)
+        self.specs = plan.layout.shards(cfg.ps_shards)
+        self.shards = [ShardState(s.index, params[slice(*s.params)], buffers[slice(*s.buffers)],
+                                  **shard_options(plan)) for s in self.specs]
+        data, options = plan.data, worker_options(plan)
+        options["max_inflight"] = 0  # pushes are applied at once: rows are written as they happen
+        self.delays = worker_delays(cfg)
+        self.workers = []
+        for i, idx in enumerate(partition(len(data.y_train), cfg.workers, cfg.seed)):
+            torch.manual_seed(cfg.seed * 1000 + i)  # as WorkerActor (the first pull overwrites it)
+            model = build(cfg.model, num_classes=data.num_classes, in_channels=plan.in_channels)
+            w = Worker(i, FlatModel(model, plan.layout), self.specs,
+                       InProcessClient(self.shards, clock=self.now),
+                       Batches(data.x_train[idx], data.y_train[idx], cfg.batch_size,
+                               seed=cfg.seed * 1000 + i),
+                       in_channels=plan.in_channels, **options)
+            w.now = self.now
+            self.workers.append(w)
+        self.jitter = [np.random.default_rng([cfg.seed, i, 7]) for i in range(cfg.workers)]
+        self.t = 0.0  # virtual seconds
+        self.run = RunDirectory(run_dir or cfg.run_dir or new_run_dir("runs", cfg.model), cfg.to_yaml())
+        self.evaluator = Evaluator(plan, InProcessClient(self.shards), clock=self.now)
+
+    def now(self) -> float:
+        return self.t
+
+    # ---- one worker's step, in two events ---------------------------------------------------------
+    def step_time(self, i: int) -> tuple[float, float]:
+        """(computation, injected delay) of worker i's next step, in virtual seconds."""
+        c = self.cfg.sim_step_time
+        if self.cfg.sim_jitter:
+            c *= 1.0 + self.cfg.sim_jitter * (2.0 * self.jitter[i].random() - 1.0)
+        return c, self.delays[i](c)
+
+    def may_begin(self, w: Worker) -> bool:
+        return not w.pull_due() or all(s.ready(w.id, w.clock) for s in self.shards)
+
+    def begin(self, w: Worker, parked_since: float) -> None:
+        """Worker w starts a step now: pull (if due), compute, and schedule its end."""
+        w.timing["wait"] += self.t - parked_since
+        loss = w.begin_step()
+        compute, delay = self.step_time(w.id)
+        w.timing["compute"] += compute
+        w.timing["delay"] += delay
+        self.push_event(self.t + compute + delay, w.id, loss)
+
+    def push_event(self, t: float, i: int, loss: float) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (t, self.seq, i, loss))
+
+    # ---- the event loop ---------------------------------------------------------------------------
+    def __call__(self) -> dict:
+        cfg, plan, run = self.cfg, self.plan, self.run
+        steps_each = plan.steps_per_worker
+        total = steps_each * cfg.workers
+        eval_at = [round(total * k / cfg.sim_evals) for k in range(1, cfg.sim_evals)]
+        self.events, self.seq = [], 0
+        parked: dict[int, float] = {}  # worker -> virtual time it started waiting
+        bar = ProgressBar(total, enabled=cfg.progress)
+        wall0 = time.time()
+        run.evals.write(self.evaluator(0, 0.0))
+        done_steps, interrupted = 0, False
+
+        def start(w: Worker, since: float) -> None:
+            if w.step_count >= steps_each:
+                w.client.retire(w.id)  # SSP/BSP stop waiting for it
+            elif self.may_begin(w):
+                self.begin(w, since)
+            else:
+                parked[w.id] = since
+
+        try:
+            for w in self.workers:
+                start(w, 0.0)
+            while self.events:
+                self.t, _, i, loss = heapq.heappop(self.events)
+                w = self.workers[i]
+                w.finish_step(loss)  # the push (if due) is applied now
+                done_steps += 1
+                run.pushes.write(w.drain_rows())
+                start(w, self.t)
+                for j in sorted(parked):  # the push (or a retirement) may have released them
+                    if self.may_begin(self.workers[j]):
+                        self.begin(self.workers[j], parked.pop(j))
+                if eval_at and done_steps >= eval_at[0]:
+                    eval_at.pop(0)
+                    run.evals.write(self.evaluator(done_steps, 0.0))
+                    bar.update(done_steps, **{"virtual s": f"{self.t:.1f}"})
+            if parked:
+                raise RuntimeError(f"simulation deadlocked: workers {sorted(parked)} wait forever "
+                                   f"under policy {cfg.policy}")
+        except KeyboardInterrupt:
+            interrupted = True
+            self.log("\ninterrupted: writing what was simulated")
+        finally:
+            bar.close()
+        final = self.evaluator(done_steps, 0.0)
+        run.evals.write(final)
+        run.close()
+        progress = {w.id: {"worker": w.id, "steps": w.step_count, "images": w.images,
+                           "loss": w.last_loss, "pushes_sent": w.pushes_sent} for w in self.workers}
+        summary, table = summarize(plan, final, [s.stats() for s in self.shards], progress,
+                                   run.path, self.t, interrupted=interrupted)
+        summary.update(simulated=True, virtual_seconds=self.t, wall_seconds=time.time() - wall0)
+        table += f"\nsimulated: {self.t:.2f} virtual s in {summary['wall_seconds']:.1f} s of wall time"
+        run.write_summary(summary, table)
+        self.log(table)
+        return summary
+
+
+def simulate(cfg: TrainConfig, log=print) -> dict:
+    """Run `cfg` in the simulator and return its summary (the run directory is as a real run's)."""
+    return Simulation(cfg, log=log)()
