@@ -11,6 +11,8 @@
   staleness per policy and number of workers -- the comparison of Zhang et al. 2016
   ("Staleness-aware async-SGD") and Zheng et al. 2017 (DC-ASGD) -- and raw against Polyak.
   `seed` is replication: cells that differ only in seed are one group, shown as mean +- std.
+  Where momentum varies, the best momentum per number of workers: asynchrony acts as implicit
+  momentum, so the best explicit momentum falls as workers are added (Mitliagkas et al. 2016).
 
 Only numpy, pyarrow, yaml and matplotlib (Agg: no display) are used; nothing is downloaded.
 """
@@ -37,10 +39,9 @@ STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fo
          "figure.titlesize": 13, "axes.grid": True, "grid.alpha": 0.3}
 RUN_FILES = ("summary.json",)  # evals.parquet and pushes.parquet may be missing: plots say "no data"
 SWEEP_FILES = ("sweep.parquet",)
-# Result columns of sweep.parquet: never settings, even where a name is also a TrainConfig field
-# (`max_staleness` is drop_stale's bound there, and the largest staleness seen here).
+# Result columns of sweep.parquet (harness/sweep.py writes them): never settings.
 RESULTS = {"raw_top1", "raw_top5", "raw_loss", "polyak_top1", "polyak_top5", "polyak_loss",
-           "mean_staleness", "max_staleness", "steps", "train_seconds", "wall_seconds",
+           "mean_staleness", "staleness_max", "steps", "train_seconds", "wall_seconds",
            "pushes_sent", "applied", "scaled", "compensated", "aggregated", "rejected",
            "simulated", "diverged", "cell", "run_dir", "progress"}
 CHANCE = 0.2  # raw top-1 at or below this (10 classes: 0.1) counts as diverged
@@ -230,24 +231,26 @@ class Sweep:
         # Settings other than the two axes of every plot, and the replication.
         self.others = [c for c in self.varied if c not in ("policy", "workers", "seed")]
         for r in self.rows:
+            for k in ("raw_top1", "polyak_top1", "raw_loss", "mean_staleness"):
+                r[k] = float("nan") if r.get(k) is None else float(r[k])  # null: an unfinished cell
             r.setdefault("policy", "-")
             r.setdefault("workers", 0)
             d = Path(str(r.get("run_dir") or ""))
             d = d if d.is_absolute() else path / d
             r["_dir"] = d if (d / "summary.json").is_file() else path / "cells" / str(r.get("cell"))
-            loss, top1 = r.get("raw_loss", float("nan")), r.get("raw_top1", float("nan"))
             if r.get("diverged") is None:
-                r["diverged"] = not np.isfinite(loss) or not top1 > CHANCE
+                r["diverged"] = not np.isfinite(r["raw_loss"]) or not r["raw_top1"] > CHANCE
         self.policies = sorted({r["policy"] for r in self.rows}, key=_sort_key)
         self.workers = sorted({r["workers"] for r in self.rows}, key=_sort_key)
         self._evals: dict[Path, dict] = {}
+        groups: dict[tuple, list[dict]] = {}
+        for r in self.rows:
+            groups.setdefault((r["policy"], r["workers"], *(r[c] for c in self.others)), []).append(r)
+        self._groups = dict(sorted(groups.items(), key=lambda kv: [_sort_key(v) for v in kv[0]]))
 
     def groups(self) -> dict[tuple, list[dict]]:
         """(policy, workers, *others) -> the cells that differ only in seed."""
-        out: dict[tuple, list[dict]] = {}
-        for r in self.rows:
-            out.setdefault((r["policy"], r["workers"], *(r[c] for c in self.others)), []).append(r)
-        return dict(sorted(out.items(), key=lambda kv: [_sort_key(v) for v in kv[0]]))
+        return self._groups
 
     def best(self, policy, workers, **fixed) -> tuple[tuple, list[dict]] | None:
         """The group of (policy, workers) with the best mean final raw top-1 (over the others)."""
@@ -258,9 +261,9 @@ class Sweep:
         return max(found, key=lambda kg: np.nan_to_num(_mean_std([r["raw_top1"] for r in kg[1]])[0],
                                                        nan=-1.0))
 
-    def label(self, key: tuple, skip=()) -> str:
+    def label(self, key: tuple) -> str:
         """`momentum 0.9, lr 0.1` for the other settings of a group key."""
-        return ", ".join(f"{c} {v}" for c, v in zip(self.others, key[2:]) if c not in skip)
+        return ", ".join(f"{c} {v}" for c, v in zip(self.others, key[2:]))
 
     def evals(self, row: dict) -> dict:
         if row["_dir"] not in self._evals:

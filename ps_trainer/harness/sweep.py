@@ -38,7 +38,7 @@ from ..trainer.progress import ProgressBar
 
 SPEC_KEYS = ("out", "parallel", "base", "grid", "grids")
 ROW_RESULTS = ("raw_top1", "raw_top5", "raw_loss", "polyak_top1", "polyak_top5", "polyak_loss",
-               "mean_staleness", "max_staleness", "steps", "train_seconds", "wall_seconds",
+               "mean_staleness", "staleness_max", "steps", "train_seconds", "wall_seconds",
                "pushes_sent", "applied", "scaled", "compensated", "aggregated", "rejected",
                "simulated", "diverged")
 
@@ -124,11 +124,13 @@ def row_of(cell_dir: Path) -> dict:
     outcomes = s.get("outcomes", {})
     raw_loss = s["raw"]["loss"]
     classes = s.get("num_classes", 10)
-    return {"cell": cell_dir.name, "run_dir": str(cell_dir), **cfg,
+    # run_dir relative to the sweep directory, so a sweep can be moved or copied whole.
+    return {"cell": cell_dir.name, "run_dir": f"cells/{cell_dir.name}", **cfg,
             "raw_top1": s["raw"]["top1"], "raw_top5": s["raw"]["top5"], "raw_loss": raw_loss,
             "polyak_top1": s["polyak"]["top1"], "polyak_top5": s["polyak"]["top5"],
             "polyak_loss": s["polyak"]["loss"], "mean_staleness": s["mean_staleness"],
-            "max_staleness": s["max_staleness"], "steps": s["steps"],
+            # not `max_staleness`: that name is drop_stale's setting, a column of its own here
+            "staleness_max": s["max_staleness"], "steps": s["steps"],
             "train_seconds": s["train_seconds"], "wall_seconds": s.get("wall_seconds", s["train_seconds"]),
             "pushes_sent": s["pushes_sent"],
             **{k: int(outcomes.get(k, 0)) for k in ("applied", "scaled", "compensated", "aggregated", "rejected")},
