@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -247,10 +248,23 @@ class Sweep:
         for r in self.rows:
             groups.setdefault((r["policy"], r["workers"], *(r[c] for c in self.others)), []).append(r)
         self._groups = dict(sorted(groups.items(), key=lambda kv: [_sort_key(v) for v in kv[0]]))
+        # The value of each other setting that most groups share (the sweep's base value, e.g.
+        # momentum 0.9 when one grid varies momentum for async only): policies are compared there,
+        # never each at its own best, which would compare different settings.
+        self.common = {c: Counter(k[2 + i] for k in self._groups).most_common(1)[0][0]
+                       for i, c in enumerate(self.others)}
 
     def groups(self) -> dict[tuple, list[dict]]:
         """(policy, workers, *others) -> the cells that differ only in seed."""
         return self._groups
+
+    def shown(self, policy, workers) -> tuple[tuple, list[dict]] | None:
+        """The group of (policy, workers) the plots show: the one at the common settings, else
+        (no such cell) the best."""
+        key = (policy, workers, *(self.common[c] for c in self.others))
+        if key in self._groups:
+            return key, self._groups[key]
+        return self.best(policy, workers)
 
     def best(self, policy, workers, **fixed) -> tuple[tuple, list[dict]] | None:
         """The group of (policy, workers) with the best mean final raw top-1 (over the others)."""
@@ -292,7 +306,7 @@ def _curves_plot(sweep: Sweep, x: str, xlabel: str, title: str, path: Path, writ
     fig, axes = _axes(len(sweep.policies), height=4.8, sharey=True)
     for ax, policy in zip(axes, sweep.policies):
         for k in sweep.workers:
-            found = sweep.best(policy, k)
+            found = sweep.shown(policy, k)
             curve = found and _mean_curve(sweep, found[1], x)
             if not curve:
                 continue
@@ -309,7 +323,7 @@ def _curves_plot(sweep: Sweep, x: str, xlabel: str, title: str, path: Path, writ
             _empty(ax, "no evaluations")
     axes[0].set_ylabel("raw top-1 accuracy (%)")
     seeds = "mean ± std over seeds" if "seed" in sweep.varied else "one seed"
-    best = f"; each line the best {', '.join(sweep.others)} of its workers" if sweep.others else ""
+    best = ("; " + ", ".join(f"{c} {v}" for c, v in sweep.common.items())) if sweep.others else ""
     fig.suptitle(f"{title} ({seeds}{best})")
     _save(fig, path, written)
 
@@ -320,7 +334,7 @@ def _staleness_plot(sweep: Sweep, path: Path, written: list) -> None:
     for ax, policy in zip(axes, sweep.policies):
         pooled = {}
         for k in sweep.workers:
-            found = sweep.best(policy, k)
+            found = sweep.shown(policy, k)
             parts = [_staleness(_table(r["_dir"] / "pushes.parquet", ["staleness"]))
                      for r in (found[1] if found else [])]
             if parts and sum(p.size for p in parts):
@@ -346,7 +360,7 @@ def _staleness_accuracy_plot(sweep: Sweep, path: Path, written: list) -> None:
     for i, policy in enumerate(sweep.policies):
         pts = []
         for k in sweep.workers:
-            found = sweep.best(policy, k)
+            found = sweep.shown(policy, k)
             if found:
                 sx, sxe = _mean_std([r["mean_staleness"] for r in found[1]])
                 ay, aye = _mean_std([r["raw_top1"] for r in found[1]])
@@ -363,7 +377,7 @@ def _staleness_accuracy_plot(sweep: Sweep, path: Path, written: list) -> None:
         ax.set_xscale("symlog", linthresh=1)  # staleness spans decades; symlog keeps 0 on the axis
     ax.legend(title="policy") if ax.lines else _empty(ax)
     ax.set_xlim(left=0)  # staleness 0 (sync) is a point of reference, not an edge case
-    ax.set(ylim=(0, 100), xlabel="mean staleness (versions)", ylabel="final raw top-1 (%)",
+    ax.set(ylim=(0, 108), xlabel="mean staleness (versions)", ylabel="final raw top-1 (%)",
            title="final accuracy vs staleness (K = workers; mean ± std over seeds)")
     _save(fig, path, written)
 
@@ -409,8 +423,9 @@ def _momentum(sweep: Sweep) -> tuple[str, list[tuple]]:
             found = sweep.best(policy, k, momentum=m)
             if found:
                 by_m[m] = (*_mean_std([r["raw_top1"] for r in found[1]]), len(found[1]))
-        if by_m:
-            table.append((k, by_m, max(by_m, key=lambda m: np.nan_to_num(by_m[m][0], nan=-1.0))))
+        if by_m:  # a best among one tried momentum would be no finding: None
+            best = max(by_m, key=lambda m: np.nan_to_num(by_m[m][0], nan=-1.0))
+            table.append((k, by_m, best if len(by_m) > 1 else None))
     return policy, table
 
 
@@ -426,7 +441,8 @@ def _momentum_plot(sweep: Sweep, path: Path, written: list) -> None:
         ax.errorbar([v + shift for v in m], [100 * by_m[v][0] for v in m],
                     yerr=[100 * np.nan_to_num(by_m[v][1]) for v in m],
                     fmt="-o", capsize=3, color=colors[k], label=f"{k} workers")
-        ax.plot([best + shift], [100 * by_m[best][0]], "*", ms=16, color=colors[k], mec="k")
+        if best is not None:
+            ax.plot([best + shift], [100 * by_m[best][0]], "*", ms=16, color=colors[k], mec="k")
     ax.plot([], [], "*", ms=12, color="0.6", mec="k", label="best momentum")
     ax.set(xlabel="momentum", ylabel="final raw top-1 (%)",
            title=f"momentum vs workers (policy {policy}; mean ± std over seeds)")
@@ -463,7 +479,7 @@ def sweep_report(path: Path) -> tuple[Path, list[Path]]:
               f"{100 * CHANCE:.0f}%){', simulated' if simulated else ''}. Varied: {varied}.", "",
               "## Results per policy and number of workers", "",
               "Top-1 of the final weights, mean ± std over seeds (n)."
-              + (" ✓ marks the setting shown in the plots (best mean raw top-1)." if sweep.others else ""),
+              + (" ✓ marks the setting shown in the plots (the one most groups share, so policies are compared at equal settings)." if sweep.others else ""),
               ""]
     head = ["policy", "workers", *sweep.others, "n", "mean staleness", "raw top-1", "Polyak top-1",
             "diverged"] + (["plotted"] if sweep.others else [])
@@ -475,7 +491,7 @@ def sweep_report(path: Path) -> tuple[Path, list[Path]]:
         row = [*map(str, key), str(n), f"{_mean_std([r['mean_staleness'] for r in cells])[0]:.2f}",
                _pct(*raw, n), _pct(*pol, n), str(sum(bool(r["diverged"]) for r in cells))]
         if sweep.others:
-            row.append("✓" if sweep.best(*key[:2])[0] == key else "")
+            row.append("✓" if sweep.shown(*key[:2])[0] == key else "")
         lines.append("| " + " | ".join(row) + " |")
 
     if "momentum" in sweep.varied:
@@ -486,7 +502,8 @@ def sweep_report(path: Path) -> tuple[Path, list[Path]]:
                   "| ---: | " + " | ".join("---:" for _ in momenta) + " | ---: |"]
         for k, by_m, best in table:
             cells = [_pct(*by_m[m]) if m in by_m else "" for m in momenta]
-            lines.append(f"| {k} | " + " | ".join(cells) + f" | **{best}** |")
+            lines.append(f"| {k} | " + " | ".join(cells) + (f" | **{best}** |" if best is not None
+                                                               else " | - (one momentum tried) |"))
 
     both = [(r["raw_top1"], r["polyak_top1"]) for r in rows
             if np.isfinite(r["raw_top1"]) and np.isfinite(r["polyak_top1"])]
