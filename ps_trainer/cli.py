@@ -44,6 +44,13 @@ def train_parser() -> argparse.ArgumentParser:
 def config_from_args(argv: list[str]) -> TrainConfig:
     args = vars(train_parser().parse_args(argv))
     path = args.pop("config")
+    if args.get("resume") and not path:  # the run's own settings, flags over them
+        from pathlib import Path
+
+        path = Path(args["resume"]) / "config.yaml"
+        if not path.is_file():
+            raise ValueError(f"--resume {args['resume']}: not a run directory (no config.yaml)")
+        args["run_dir"] = args["resume"]
     if path:
         return TrainConfig.from_yaml(path, overrides=args)
     return TrainConfig.from_dict(args, source="flags")
@@ -91,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[1:]
     try:
         cfg = config_from_args(argv).validate()
+        if cfg.resume:
+            from .trainer import checkpoint
+
+            if not checkpoint.exists(cfg.checkpoint_location()):
+                raise ValueError(f"--resume {cfg.resume}: no checkpoint in "
+                                 f"{cfg.checkpoint_location()}/checkpoints")
         if cfg.simulate:
             from .harness.simulate import simulate as run
         else:

@@ -74,8 +74,6 @@ class TrainConfig:
     sim_step_time: float = _f(0.01, "simulator: virtual seconds of one worker step's computation")
     sim_jitter: float = _f(0.1, "simulator: each step's time varies uniformly by +-this fraction "
                                 "(0 = lock-step workers)")
-    sim_latency: float = _f(0.0, "simulator: virtual seconds between a push leaving the worker and "
-                                 "reaching the shards")
     sim_evals: int = _f(20, "simulator: evaluations spread evenly over the run")
     # --- the hot path (Downpour's knobs) -----------------------------------------------------------
     fetch_every: int = _f(1, "worker steps between weight fetches (Downpour's n_fetch)")
@@ -89,6 +87,16 @@ class TrainConfig:
                                 "(stretched if evaluating takes long)")
     bn_batches: int = _f(20, "training batches used to recompute BatchNorm statistics for the "
                              "Polyak weights (swa_utils.update_bn)")
+    # --- checkpoints and faults -------------------------------------------------------------------
+    checkpoint_every: float = _f(60.0, "seconds between checkpoints of every shard (0 = only at "
+                                       "the end and on Ctrl-C/SIGTERM)")
+    checkpoint_steps: int = _f(0, "also checkpoint every this many worker steps, all workers "
+                                  "counted (0 = off); the simulator uses only this")
+    checkpoint_dir: str = _f("", "where checkpoints go: a local path or a pyarrow filesystem URI "
+                                 "(e.g. s3://bucket/run, shared by a cluster); empty = "
+                                 "<run directory>/")
+    resume: str = _f("", "continue the run in this run directory from its latest checkpoint "
+                         "(its config.yaml is used; flags given here override it)")
     # --- where it runs ----------------------------------------------------------------------------
     address: str = _f("", "Ray cluster address to join (or set RAY_ADDRESS); empty = start Ray "
                           "locally on 127.0.0.1")
@@ -145,6 +153,9 @@ class TrainConfig:
                             "mean_square_decay": self.dc_mean_square_decay},
                 }.get(self.policy, {})
 
+    def checkpoint_location(self) -> str:
+        return self.checkpoint_dir or self.resume or self.run_dir
+
     def polyak(self) -> float | None:
         return None if self.polyak_decay == "mean" else float(self.polyak_decay)
 
@@ -196,8 +207,9 @@ class TrainConfig:
                "a factor >= 1")
         _check(self.sim_step_time > 0, "sim-step-time", self.sim_step_time, "seconds > 0")
         _check(0 <= self.sim_jitter < 1, "sim-jitter", self.sim_jitter, "a fraction in [0, 1)")
-        _check(self.sim_latency >= 0, "sim-latency", self.sim_latency, "seconds >= 0")
         _check(self.sim_evals >= 1, "sim-evals", self.sim_evals, "an integer >= 1")
+        _check(self.checkpoint_every >= 0, "checkpoint-every", self.checkpoint_every, "seconds >= 0")
+        _check(self.checkpoint_steps >= 0, "checkpoint-steps", self.checkpoint_steps, "an integer >= 0")
         for name in ("fetch_every", "push_every", "publish_every", "threads_per_worker", "bn_batches"):
             _check(getattr(self, name) >= 1, name.replace("_", "-"), getattr(self, name), "an integer >= 1")
         _check(self.max_inflight >= 0, "max-inflight", self.max_inflight, "an integer >= 0")

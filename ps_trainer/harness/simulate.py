@@ -14,6 +14,11 @@ injected delay. Events are processed in virtual-time order (ties by worker), so
 - a coordinating policy (SSP, BSP) parks a worker whose pull is not allowed yet, and releases it
   at the virtual moment the push or retirement that allows it happens; the wait is recorded.
 
+Checkpoints (`--checkpoint-steps`, and always at the end and on Ctrl-C/SIGTERM) hold the whole
+simulation: shards, every worker's buffers, batch order and RNG states, the event queue and the
+virtual clock. `--resume RUN_DIR` therefore continues exactly: an interrupted-and-resumed run ends
+with the same weights and the same metrics tables as an uninterrupted one.
+
 A worker computes its gradient when its step begins (on the weights it just pulled) and the push
 is applied when the step ends, which is the same thing a real worker does, in a different order
 of real time. It does not model network latency or the shard's own compute time.
@@ -22,6 +27,7 @@ of real time. It does not model network latency or the shard's own compute time.
 from __future__ import annotations
 
 import heapq
+import signal
 import time
 
 import numpy as np
@@ -31,6 +37,7 @@ from ..config import TrainConfig
 from ..core import FlatModel, ShardState
 from ..data import Batches, partition
 from ..models import build
+from ..trainer import checkpoint
 from ..trainer.metrics import RunDirectory, new_run_dir
 from ..trainer.progress import ProgressBar
 from ..trainer.run import Evaluator, prepare, shard_options, worker_options
@@ -68,8 +75,22 @@ class Simulation:
             w.now = self.now
             self.workers.append(w)
         self.jitter = [np.random.default_rng([cfg.seed, i, 7]) for i in range(cfg.workers)]
+        # The event loop's state (attributes, so a checkpoint can hold it).
         self.t = 0.0  # virtual seconds
-        self.run = RunDirectory(run_dir or cfg.run_dir or new_run_dir("runs", cfg.model), cfg.to_yaml())
+        self.events: list = []  # (time a step ends, sequence, worker, its loss)
+        self.seq = 0
+        self.parked: dict[int, float] = {}  # worker -> virtual time it started waiting
+        self.done_steps = 0
+        total = plan.steps_per_worker * cfg.workers
+        self.eval_at = [round(total * k / cfg.sim_evals) for k in range(1, cfg.sim_evals)]
+        self.sequence = 0  # checkpoints written
+        path = run_dir or cfg.resume or cfg.run_dir or new_run_dir("runs", cfg.model)
+        self.checkpoints = cfg.checkpoint_dir or str(path)
+        keep = None
+        if cfg.resume:
+            keep = self.restore(*checkpoint.load(self.checkpoints, model=cfg.model,
+                                                 fingerprint=plan.layout.fingerprint()))
+        self.run = RunDirectory(path, cfg.to_yaml(), keep_rows=keep)
         self.evaluator = Evaluator(plan, InProcessClient(self.shards), clock=self.now)
 
     def now(self) -> float:
@@ -99,18 +120,73 @@ class Simulation:
         self.seq += 1
         heapq.heappush(self.events, (t, self.seq, i, loss))
 
+    # ---- checkpoints ------------------------------------------------------------------------------
+    def checkpoint(self) -> str:
+        """Write the whole simulation to the run directory's checkpoints."""
+        self.sequence += 1
+        workers, extra = [], {"torch_rng": torch.get_rng_state().numpy()}
+        for w in self.workers:
+            b = w.batches
+            workers.append({"step_count": w.step_count, "clock": w.clock, "images": w.images,
+                            "pushes_sent": w.pushes_sent, "last_loss": w.last_loss,
+                            "versions": w.versions, "timing": w.timing, "epoch": b.epoch,
+                            "pos": b._pos, "batch_rng": b.rng.bit_generator.state,
+                            "delay_rng": self.delays[w.id].rng.bit_generator.state,
+                            "jitter_rng": self.jitter[w.id].bit_generator.state})
+            for name in ("params", "buffers", "grads"):
+                extra[f"w{w.id}.{name}"] = getattr(w.flat, name).numpy()
+            extra[f"w{w.id}.order"] = b._order
+        meta = {"model": self.cfg.model, "fingerprint": self.plan.layout.fingerprint(),
+                "num_params": self.plan.layout.num_params, "sequence": self.sequence,
+                "kind": "simulation", "t": self.t, "seq": self.seq, "events": self.events,
+                "parked": {str(k): v for k, v in self.parked.items()},
+                "done_steps": self.done_steps, "eval_at": self.eval_at, "workers": workers,
+                "rows": {"pushes": self.run.pushes.rows, "evals": self.run.evals.rows}}
+        return checkpoint.save(self.checkpoints, [s.state_dict() for s in self.shards], meta,
+                               extra=extra)
+
+    def restore(self, states: list[dict], meta: dict) -> dict:
+        """Load a checkpoint written by `checkpoint`; returns the metric rows it accounts for."""
+        if meta.get("kind") != "simulation":
+            raise ValueError("--resume: that checkpoint is of a real run; resume it without --simulate")
+        for s, sd in zip(self.shards, states):
+            s.load_state_dict(sd)
+        extra = meta["extra"]
+        torch.set_rng_state(torch.from_numpy(extra["torch_rng"].copy()))
+        for w, st in zip(self.workers, meta["workers"]):
+            for name in ("params", "buffers", "grads"):
+                getattr(w.flat, name).copy_(torch.from_numpy(extra[f"w{w.id}.{name}"]))
+            b = w.batches
+            b.epoch, b._pos, b._order = st["epoch"], st["pos"], extra[f"w{w.id}.order"].copy()
+            b.rng.bit_generator.state = st["batch_rng"]
+            self.delays[w.id].rng.bit_generator.state = st["delay_rng"]
+            self.jitter[w.id].bit_generator.state = st["jitter_rng"]
+            w.step_count, w.clock, w.images = st["step_count"], st["clock"], st["images"]
+            w.pushes_sent, w.last_loss, w.versions = st["pushes_sent"], st["last_loss"], st["versions"]
+            w.timing = st["timing"]
+        self.t, self.seq, self.done_steps = meta["t"], meta["seq"], meta["done_steps"]
+        self.events = [tuple(e) for e in meta["events"]]
+        heapq.heapify(self.events)
+        self.parked = {int(k): v for k, v in meta["parked"].items()}
+        self.eval_at, self.sequence = meta["eval_at"], meta["sequence"]
+        return meta["rows"]
+
     # ---- the event loop ---------------------------------------------------------------------------
     def __call__(self) -> dict:
         cfg, plan, run = self.cfg, self.plan, self.run
         steps_each = plan.steps_per_worker
         total = steps_each * cfg.workers
-        eval_at = [round(total * k / cfg.sim_evals) for k in range(1, cfg.sim_evals)]
-        self.events, self.seq = [], 0
-        parked: dict[int, float] = {}  # worker -> virtual time it started waiting
+        parked = self.parked
         bar = ProgressBar(total, enabled=cfg.progress)
         wall0 = time.time()
-        run.evals.write(self.evaluator(0, 0.0))
-        done_steps, interrupted = 0, False
+        interrupted = False
+        # Ctrl-C and SIGTERM only raise a flag, read between events: a checkpoint is always taken
+        # at an event boundary, never with a step half-processed.
+        stop = []
+        handler = lambda signum, frame: stop.append(signum)  # noqa: E731
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        next_checkpoint = (self.done_steps // cfg.checkpoint_steps + 1) * cfg.checkpoint_steps \
+            if cfg.checkpoint_steps else None
 
         def start(w: Worker, since: float) -> None:
             if w.step_count >= steps_each:
@@ -121,31 +197,40 @@ class Simulation:
                 parked[w.id] = since
 
         try:
-            for w in self.workers:
-                start(w, 0.0)
-            while self.events:
+            if not cfg.resume:
+                run.evals.write(self.evaluator(0, 0.0))
+                for w in self.workers:
+                    start(w, 0.0)
+            while self.events and not stop:
                 self.t, _, i, loss = heapq.heappop(self.events)
                 w = self.workers[i]
                 w.finish_step(loss)  # the push (if due) is applied now
-                done_steps += 1
+                self.done_steps += 1
                 run.pushes.write(w.drain_rows())
                 start(w, self.t)
                 for j in sorted(parked):  # the push (or a retirement) may have released them
                     if self.may_begin(self.workers[j]):
                         self.begin(self.workers[j], parked.pop(j))
-                if eval_at and done_steps >= eval_at[0]:
-                    eval_at.pop(0)
-                    run.evals.write(self.evaluator(done_steps, 0.0))
-                    bar.update(done_steps, **{"virtual s": f"{self.t:.1f}"})
-            if parked:
+                if self.eval_at and self.done_steps >= self.eval_at[0]:
+                    self.eval_at.pop(0)
+                    run.evals.write(self.evaluator(self.done_steps, 0.0))
+                    bar.update(self.done_steps, **{"virtual s": f"{self.t:.1f}"})
+                if next_checkpoint and self.done_steps >= next_checkpoint:
+                    next_checkpoint += cfg.checkpoint_steps
+                    self.checkpoint()
+            if parked and not stop:
                 raise RuntimeError(f"simulation deadlocked: workers {sorted(parked)} wait forever "
                                    f"under policy {cfg.policy}")
-        except KeyboardInterrupt:
-            interrupted = True
-            self.log("\ninterrupted: writing what was simulated")
         finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
             bar.close()
-        final = self.evaluator(done_steps, 0.0)
+        if stop:
+            interrupted = True
+            self.log("\ninterrupted: checkpointing; `ps-train --resume "
+                     f"{run.path}` continues exactly from here")
+        self.checkpoint()  # before the final evaluation: a resumed run evaluates it again
+        final = self.evaluator(self.done_steps, 0.0)
         run.evals.write(final)
         run.close()
         progress = {w.id: {"worker": w.id, "steps": w.step_count, "images": w.images,

@@ -37,12 +37,25 @@ def new_run_dir(root: str | Path, model: str) -> Path:
 
 
 class ParquetLog:
-    """Append-only Parquet file with a fixed schema; `close()` makes it readable."""
+    """Append-only Parquet file with a fixed schema; `close()` makes it readable.
 
-    def __init__(self, path: Path, schema: pa.Schema):
+    `keep` (resuming a run): carry over the first `keep` rows of the existing file, the rows its
+    checkpoint accounts for (later ones belong to work the checkpoint does not have)."""
+
+    def __init__(self, path: Path, schema: pa.Schema, keep: int | None = None):
         self.path, self.schema = path, schema
+        old = None
+        if keep and path.is_file():
+            try:
+                old = pq.read_table(path).slice(0, keep)
+            except (OSError, pa.ArrowInvalid) as e:  # killed mid-write: no footer
+                raise ValueError(f"{path} cannot be read to resume ({e}); move it away to resume "
+                                 f"without the metrics before the checkpoint") from None
         self.writer = pq.ParquetWriter(path, schema)
         self.rows = 0
+        if old is not None and old.num_rows:
+            self.writer.write_table(old.cast(schema))
+            self.rows = old.num_rows
 
     def write(self, rows: list[dict]) -> None:
         if rows:
@@ -56,12 +69,13 @@ class ParquetLog:
 
 
 class RunDirectory:
-    def __init__(self, path: Path, config_yaml: str):
+    def __init__(self, path: Path, config_yaml: str, keep_rows: dict | None = None):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "config.yaml").write_text(config_yaml)
-        self.pushes = ParquetLog(self.path / "pushes.parquet", PUSH_SCHEMA)
-        self.evals = ParquetLog(self.path / "evals.parquet", EVAL_SCHEMA)
+        keep = keep_rows or {}
+        self.pushes = ParquetLog(self.path / "pushes.parquet", PUSH_SCHEMA, keep.get("pushes"))
+        self.evals = ParquetLog(self.path / "evals.parquet", EVAL_SCHEMA, keep.get("evals"))
 
     def write_summary(self, summary: dict, table: str) -> None:
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
