@@ -95,6 +95,10 @@ class TrainConfig:
     checkpoint_dir: str = _f("", "where checkpoints go: a local path or a pyarrow filesystem URI "
                                  "(e.g. s3://bucket/run, shared by a cluster); empty = "
                                  "<run directory>/")
+    max_worker_failures: int = _f(3, "worker deaths the run survives (each dead worker is "
+                                     "restarted on its partition); one more stops the run")
+    crash_worker_at: str = _f("", "fault injection for drills and tests: 'W@S' makes worker W's "
+                                  "process exit at its step S (first incarnation only)")
     resume: str = _f("", "continue the run in this run directory from its latest checkpoint "
                          "(its config.yaml is used; flags given here override it)")
     # --- where it runs ----------------------------------------------------------------------------
@@ -209,6 +213,13 @@ class TrainConfig:
         _check(0 <= self.sim_jitter < 1, "sim-jitter", self.sim_jitter, "a fraction in [0, 1)")
         _check(self.sim_evals >= 1, "sim-evals", self.sim_evals, "an integer >= 1")
         _check(self.checkpoint_every >= 0, "checkpoint-every", self.checkpoint_every, "seconds >= 0")
+        _check(self.max_worker_failures >= 0, "max-worker-failures", self.max_worker_failures,
+               "an integer >= 0")
+        if self.crash_worker_at:
+            parts = self.crash_worker_at.split("@")
+            ok = len(parts) == 2 and all(p.isdigit() for p in parts) and int(parts[0]) < self.workers
+            _check(ok, "crash-worker-at", self.crash_worker_at,
+                   f"'W@S' with worker W in [0, {self.workers}) and step S >= 0, e.g. 0@20")
         _check(self.checkpoint_steps >= 0, "checkpoint-steps", self.checkpoint_steps, "an integer >= 0")
         for name in ("fetch_every", "push_every", "publish_every", "threads_per_worker", "bn_batches"):
             _check(getattr(self, name) >= 1, name.replace("_", "-"), getattr(self, name), "an integer >= 1")

@@ -25,6 +25,7 @@ from ..data import load_dataset, partition
 from ..models import build, get_spec
 from .cluster import available_memory, estimate_worker_memory, plan_resources, start_ray
 from .evaluate import evaluate, has_batchnorm, recompute_bn
+from . import checkpoint
 from .metrics import RunDirectory, new_run_dir
 from .progress import ProgressBar
 from .summary import summarize
@@ -159,25 +160,29 @@ def worker_options(plan: Plan) -> dict:
                 push_every=cfg.push_every, max_inflight=cfg.max_inflight, **loss)
 
 
-def make_workers(plan: Plan, shards: list, resources) -> list:
+def make_worker(plan: Plan, shards: list, resources, i: int, crash: bool = True):
+    """Worker actor i on its data partition (`crash`: honour --crash-worker-at for it)."""
     import ray
 
     from ..worker.delays import worker_delays
     from ..worker.ray_worker import WorkerActor
 
     cfg, data = plan.cfg, plan.data
-    options = worker_options(plan)
-    delays = worker_delays(cfg)
-    actor = ray.remote(WorkerActor)
-    workers = []
-    for i, idx in enumerate(partition(len(data.y_train), cfg.workers, cfg.seed)):
-        workers.append(actor.options(num_cpus=resources.worker_cpus, num_gpus=resources.worker_gpus,
-                                     max_concurrency=2).remote(
-            i, cfg.model, data.num_classes, plan.in_channels, shards, plan.layout.shards(cfg.ps_shards),
-            data.x_train[idx], data.y_train[idx], batch_size=cfg.batch_size, seed=cfg.seed,
-            device=resources.device, threads=cfg.threads_per_worker,
-            options={**options, "delay": delays[i]}))
-    return workers
+    idx = partition(len(data.y_train), cfg.workers, cfg.seed)[i]
+    crash_at = 0
+    if crash and cfg.crash_worker_at:
+        w, step = (int(v) for v in cfg.crash_worker_at.split("@"))
+        crash_at = step if w == i else 0
+    return ray.remote(WorkerActor).options(
+        num_cpus=resources.worker_cpus, num_gpus=resources.worker_gpus, max_concurrency=2).remote(
+        i, cfg.model, data.num_classes, plan.in_channels, shards, plan.layout.shards(cfg.ps_shards),
+        data.x_train[idx], data.y_train[idx], batch_size=cfg.batch_size, seed=cfg.seed,
+        device=resources.device, threads=cfg.threads_per_worker,
+        options={**worker_options(plan), "delay": worker_delays(cfg)[i]}, crash_at=crash_at)
+
+
+def make_workers(plan: Plan, shards: list, resources) -> list:
+    return [make_worker(plan, shards, resources, i) for i in range(plan.cfg.workers)]
 
 
 class Evaluator:
@@ -234,13 +239,27 @@ def train(cfg: TrainConfig, log=print) -> dict:
         for w in resources.warnings:
             log(f"warning: {w}")
         torch.set_num_threads(max(1, cfg.threads_per_worker))
-        run = RunDirectory(cfg.run_dir or new_run_dir("runs", cfg.model), cfg.to_yaml())
+        resumed, keep = None, None
+        if cfg.resume:  # verified before any actor starts
+            states, resumed = checkpoint.load(cfg.checkpoint_location(), model=cfg.model,
+                                              fingerprint=plan.layout.fingerprint())
+            if resumed.get("kind") != "ray":
+                raise ValueError(f"--resume {cfg.resume}: a simulator checkpoint; add --simulate")
+            keep = resumed["rows"]
+        if not cfg.run_dir:
+            cfg.run_dir = str(new_run_dir("runs", cfg.model))
+        run = RunDirectory(cfg.run_dir, cfg.to_yaml(), keep_rows=keep)
         shards = make_shards(plan, resources)
+        actors = list(shards)
+        if resumed:
+            ray.get([s.load_state_dict.remote(sd) for s, sd in zip(shards, states)])
+            log(f"resumed from checkpoint {resumed['sequence']}: shard versions "
+                f"{[sd['version'] for sd in states]}")
         workers = make_workers(plan, shards, resources)
-        actors = shards + workers
-        return drive(plan, shards, workers, run, log)
+        actors += workers
+        return drive(plan, shards, workers, run, log, resources, resumed)
     finally:
-        for a in actors:
+        for a in actors:  # replacement workers are in the same list (drive swaps them in)
             ray.kill(a)
         if run is not None:
             run.close()
@@ -248,40 +267,88 @@ def train(cfg: TrainConfig, log=print) -> dict:
             ray.shutdown()
 
 
-def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log) -> dict:
-    """Watch the workers until they finish, evaluating and drawing progress on the way."""
+def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resources=None,
+          resumed: dict | None = None) -> dict:
+    """Watch the workers until they finish: evaluate, checkpoint, replace workers that die, and
+    draw progress on the way. `resumed` is the meta of the checkpoint the shards were loaded from."""
     import ray
+
+    from ..transport.ray_shard import RayClient
 
     cfg = plan.cfg
     t0 = time.time()
-    from ..transport.ray_shard import RayClient
-
     evaluator = Evaluator(plan, RayClient(shards))
     bar = ProgressBar(plan.steps_per_worker * cfg.workers, enabled=cfg.progress)
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
-    progress = {i: {"steps": 0, "images": 0, "loss": float("nan"), "pushes_sent": 0}
-                for i in range(len(workers))}
+    zero = {"steps": 0, "images": 0, "loss": float("nan"), "pushes_sent": 0}
+    progress = {i: dict(zero, worker=i) for i in range(len(workers))}  # this incarnation's
+    # What earlier sessions (a resumed run) and dead incarnations did, per worker.
+    base = {i: dict(zero, worker=i) for i in range(len(workers))}
+    for i, b in (resumed or {}).get("workers", {}).items():
+        base[int(i)].update(steps=b["steps"], images=b["images"], pushes_sent=b["pushes_sent"])
+    rows_written = {i: base[i]["pushes_sent"] for i in base}
+    lost_rows = {i: 0 for i in base}  # rows a dead worker's process took with it
+    restarts: list[str] = []
+    sequence = (resumed or {}).get("sequence", 0)
     latest = {"raw": float("nan"), "polyak": float("nan")}
     staleness: list[int] = []  # of recent pushes, for the progress bar
     alive = set(range(len(workers)))
     failure, interrupted, stopped_for_time = "", False, False
 
+    def total(i: int) -> dict:
+        p, b = progress[i], base[i]
+        return {"worker": i, "loss": p["loss"], **{k: b[k] + p[k] for k in ("steps", "images",
+                                                                              "pushes_sent")}}
+
     def drain() -> int:
         for rows, prog in ray.get([workers[i].drain.remote() for i in sorted(alive)]):
             run.pushes.write(rows)
             progress[prog["worker"]] = prog
+            rows_written[prog["worker"]] += len(rows)
             staleness.extend(r["staleness"] for r in rows if r["staleness"] >= 0)
         del staleness[:-2000]
-        return sum(p["steps"] for p in progress.values())
+        return sum(total(i)["steps"] for i in progress)
 
     def stop_all() -> None:
         ray.get([workers[i].stop.remote() for i in sorted(alive)], timeout=30)
         # A worker held in a pull by SSP/BSP must not wait for workers that will never push.
         ray.get([s.retire.remote(i) for s in shards for i in range(len(workers))], timeout=30)
 
-    run.evals.write(evaluator(0, t0))
+    def save_checkpoint() -> None:
+        nonlocal sequence
+        sequence += 1
+        states = ray.get([s.state_dict.remote() for s in shards])
+        meta = {"model": cfg.model, "fingerprint": plan.layout.fingerprint(), "kind": "ray",
+                "num_params": plan.layout.num_params, "sequence": sequence,
+                "workers": {str(i): total(i) for i in progress},
+                "rows": {"pushes": run.pushes.rows, "evals": run.evals.rows}}
+        checkpoint.save(cfg.checkpoint_location(), states, meta)
+
+    def replace(i: int, error: str) -> None:
+        """Worker i's actor died: start another on the same partition for the steps it had left."""
+        per_shard = [sum(st["worker_counters"].get(i, {}).values())
+                     for st in ray.get([s.stats.remote() for s in shards])]
+        recorded = sum(per_shard)
+        # Its steps are those whose pushes reached every shard; later work died with it.
+        steps = min(per_shard) * cfg.push_every
+        base[i].update(steps=steps, images=steps * cfg.batch_size, pushes_sent=recorded)
+        lost_rows[i] += recorded - rows_written[i]
+        rows_written[i] = recorded
+        progress[i] = dict(zero, worker=i)
+        restarts.append(f"worker {i}: {error}")
+        log(f"\nworker {i} died ({error}); restarting it on its partition "
+            f"({len(restarts)} of at most {cfg.max_worker_failures} restarts)")
+        workers[i] = make_worker(plan, shards, resources, i, crash=False)
+        pending[workers[i].run.remote(plan.steps_per_worker - base[i]["steps"])] = i
+
+    if not resumed:
+        run.evals.write(evaluator(0, t0))
     next_eval = time.time() + cfg.eval_every
-    pending = {w.run.remote(plan.steps_per_worker): i for i, w in enumerate(workers)}
+    next_checkpoint = time.time() + cfg.checkpoint_every if cfg.checkpoint_every else float("inf")
+    every = cfg.checkpoint_steps
+    next_checkpoint_step = (sum(b["steps"] for b in base.values()) // every + 1) * every if every else None
+    pending = {w.run.remote(plan.steps_per_worker - base[i]["steps"]): i
+               for i, w in enumerate(workers)}
     try:
         while pending and not failure:
             done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.5)
@@ -290,8 +357,17 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log) -> di
                 try:
                     ray.get(ref)
                 except ray.exceptions.RayError as e:
+                    error = str(e).strip().splitlines()[-1]
+                    if isinstance(e, ray.exceptions.RayActorError):
+                        error = error.split(". ")[0]  # Ray appends a page of possible causes
+                    if isinstance(e, ray.exceptions.RayActorError) and \
+                            len(restarts) < cfg.max_worker_failures:
+                        replace(i, error)
+                        continue
                     alive.discard(i)
-                    failure = f"worker {i} failed: {str(e).strip().splitlines()[-1]}"
+                    failure = f"worker {i} failed: {error}" + (
+                        f" (after {len(restarts)} restarts, the most --max-worker-failures allows)"
+                        if restarts else "")
             steps = drain()
             if cfg.max_time and time.time() - t0 > cfg.max_time and not stopped_for_time:
                 stopped_for_time = True
@@ -303,16 +379,22 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log) -> di
                     run.evals.write([r])
                 # Evaluation shares the CPU with the workers: never let it take over 20% of it.
                 next_eval = time.time() + max(cfg.eval_every, 4 * (time.time() - e0))
+            if pending and (time.time() >= next_checkpoint
+                            or next_checkpoint_step and steps >= next_checkpoint_step):
+                save_checkpoint()
+                next_checkpoint = time.time() + cfg.checkpoint_every if cfg.checkpoint_every else float("inf")
+                next_checkpoint_step = next_checkpoint_step and (steps // every + 1) * every
             elapsed = max(1e-9, time.time() - t0)
             bar.update(steps, **{
                 "steps/s": f"{steps / elapsed:.1f}",
                 "img/s": f"{sum(p['images'] for p in progress.values()) / elapsed:.0f}",
-                "loss": f"{np.nanmean([p['loss'] for p in progress.values()]):.3f}" if steps else "-",
+                "loss": _mean_loss(progress),
                 "stale": f"{np.mean(staleness):.1f}" if staleness else "-",
                 "acc raw/polyak": f"{100 * latest['raw']:.1f}/{100 * latest['polyak']:.1f}%"})
     except KeyboardInterrupt:
         interrupted = True
-        log("\ninterrupted: stopping workers and writing what was done")
+        log("\ninterrupted: stopping workers, checkpointing and writing what was done; "
+            f"`ps-train --resume {run.path}` continues")
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         bar.close()
@@ -323,17 +405,27 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log) -> di
         ray.wait(list(pending), num_returns=len(pending), timeout=60)
     train_time = time.time() - t0
     steps = drain()
+    save_checkpoint()  # every push is in: a resumed run continues from exactly here
     final = evaluator(steps, t0)
     run.evals.write(final)
     shard_stats = ray.get([s.stats.remote() for s in shards])
     run.close()
-    summary, table = summarize(plan, final, shard_stats, progress, run.path, train_time,
-                               interrupted=interrupted, stopped_for_time=stopped_for_time)
+    summary, table = summarize(plan, final, shard_stats, {i: total(i) for i in progress}, run.path,
+                               train_time, interrupted=interrupted,
+                               stopped_for_time=stopped_for_time, lost_rows=lost_rows)
+    summary["worker_restarts"] = restarts
+    if restarts:
+        table += f"\nworker restarts: {len(restarts)} (" + "; ".join(restarts) + ")"
     run.write_summary(summary, table)
     log(table)
     if failure:
         raise RuntimeError(f"{failure} (metrics so far are in {run.path})")
     return summary
+
+
+def _mean_loss(progress: dict) -> str:
+    losses = [p["loss"] for p in progress.values() if np.isfinite(p["loss"])]
+    return f"{np.mean(losses):.3f}" if losses else "-"
 
 
 def _raise_interrupt(signum, frame):

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 def summarize(plan, final_evals: list[dict], shard_stats: list[dict], progress: dict,
               run_path: Path, train_time: float, *, interrupted: bool = False,
-              stopped_for_time: bool = False) -> tuple[dict, str]:
+              stopped_for_time: bool = False, lost_rows: dict | None = None) -> tuple[dict, str]:
     cfg = plan.cfg
     pushes = pq.read_table(run_path / "pushes.parquet", columns=["worker", "staleness"])
     staleness = np.asarray(pushes.column("staleness").to_numpy())
@@ -28,7 +28,9 @@ def summarize(plan, final_evals: list[dict], shard_stats: list[dict], progress: 
             recorded[int(w)] += sum(c.values())
     sent = {int(w): p["pushes_sent"] for w, p in progress.items()}
     rows_per_worker = Counter(pushes.column("worker").to_pylist())
-    accounted = all(sent[w] == recorded[w] == rows_per_worker[w] for w in sent)
+    # A worker process that died took its not-yet-drained rows with it: counted, not hidden.
+    lost = {w: int((lost_rows or {}).get(w, 0)) for w in sent}
+    accounted = all(sent[w] == recorded[w] == rows_per_worker[w] + lost[w] for w in sent)
     images = sum(p["images"] for p in progress.values())
     steps = sum(p["steps"] for p in progress.values())
     evals = {r["weights"]: r for r in final_evals}
@@ -39,6 +41,7 @@ def summarize(plan, final_evals: list[dict], shard_stats: list[dict], progress: 
         "train_seconds": train_time, "steps": steps, "images": images,
         "images_per_s": images / max(train_time, 1e-9), "steps_per_s": steps / max(train_time, 1e-9),
         "pushes_sent": sum(sent.values()), "outcomes": dict(outcomes), "accounted": accounted,
+        "metrics_rows_lost": sum(lost.values()),
         "mean_staleness": float(staleness.mean()) if staleness.size else 0.0,
         "max_staleness": int(staleness.max()) if staleness.size else 0,
         "versions": [s["version"] for s in shard_stats],

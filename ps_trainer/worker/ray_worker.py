@@ -6,6 +6,7 @@ The actor is threaded (max_concurrency=2) so the driver can drain metrics or ask
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -22,7 +23,8 @@ from .worker import Worker
 class WorkerActor:
     def __init__(self, worker_id: int, model_name: str, num_classes: int, in_channels: int,
                  shards: list, specs: list[ShardSpec], x: np.ndarray, y: np.ndarray, *,
-                 batch_size: int, seed: int, device: str, threads: int, options: dict):
+                 batch_size: int, seed: int, device: str, threads: int, options: dict,
+                 crash_at: int = 0):
         torch.set_num_threads(threads)
         torch.manual_seed(seed * 1000 + worker_id)
         model = build(model_name, num_classes=num_classes, in_channels=in_channels)
@@ -32,6 +34,7 @@ class WorkerActor:
         self.worker = Worker(worker_id, flat, specs, RayClient(shards), batches,
                              in_channels=in_channels, device=dev, **options)
         self._stop = threading.Event()
+        self.crash_at = crash_at  # fault injection (--crash-worker-at): exit the process here
         self.started = self.finished = 0.0
 
     def run(self, steps: int) -> dict:
@@ -40,6 +43,8 @@ class WorkerActor:
         for _ in range(steps):
             if self._stop.is_set():
                 break
+            if self.crash_at and self.worker.step_count == self.crash_at:
+                os._exit(1)  # a real process death, as an OOM kill or a lost machine would be
             self.worker.step()
         self.worker.flush()
         self.worker.client.retire(self.worker.id)  # SSP/BSP: nobody waits for a finished worker
