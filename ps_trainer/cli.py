@@ -6,6 +6,8 @@ lists the zoo.
     ps-train --config run.yaml --lr 0.1        # flags override the file
     ps-train --simulate --workers 16           # the deterministic simulator, same flags
     ps-train sweep examples/staleness_sweep.yaml && ps-train report runs/staleness_sweep
+    ps-train --resume runs/RUN                 # continue from the latest checkpoint
+    ps-train export runs/RUN --weights polyak --out model.pt
 
 Flags are generated from `TrainConfig`, so `--help` always shows every setting and its default.
 Bad flags fail before Ray starts, naming the flag and what is allowed.
@@ -19,7 +21,7 @@ import sys
 
 from .config import TrainConfig
 
-SUBCOMMANDS = ("train", "models", "sweep", "report")
+SUBCOMMANDS = ("train", "models", "sweep", "report", "export")
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -75,11 +77,12 @@ def cmd_models(argv: list[str]) -> int:
 
 
 def cmd_harness(name: str, argv: list[str]) -> int:
-    """`ps-train sweep SPEC` and `ps-train report DIR` (the staleness harness)."""
+    """`ps-train sweep SPEC`, `ps-train report DIR` (the staleness harness), `ps-train export`."""
     from importlib import import_module
 
     try:
-        return import_module(f".harness.{name}", __package__).main(argv)
+        package = ".trainer" if name == "export" else ".harness"
+        return import_module(f"{package}.{name}", __package__).main(argv)
     except ValueError as e:
         print(f"ps-train {name}: error: {e}", file=sys.stderr)
         return 2
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "models":
         return cmd_models(argv[1:])
-    if argv and argv[0] in ("sweep", "report"):
+    if argv and argv[0] in ("sweep", "report", "export"):
         return cmd_harness(argv[0], argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]

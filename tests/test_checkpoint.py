@@ -13,6 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from ps_trainer.models import build
+
 from ps_trainer.cli import main
 from ps_trainer.trainer import checkpoint
 
@@ -51,3 +53,23 @@ def test_interrupted_and_resumed_simulation_ends_bit_identical(tmp_path):
             np.testing.assert_array_equal(x[k], y[k])
     s = json.loads((cut / "summary.json").read_text())
     assert s["accounted"] and not s["interrupted"]
+
+
+@pytest.mark.parametrize("weights", ["raw", "polyak"])
+def test_export_loads_strictly_and_scores_what_the_run_reported(tmp_path, weights):
+    from ps_trainer.config import TrainConfig
+    from ps_trainer.trainer.evaluate import evaluate
+    from ps_trainer.trainer.run import prepare
+
+    run = tmp_path / "run"
+    assert main(["--simulate", "--model", "digits_cnn_small", "--epochs", "3", "--sim-evals", "2",
+                 "--no-progress", "--run-dir", str(run)]) == 0
+    out = tmp_path / f"{weights}.pt"
+    assert main(["export", str(run), "--weights", weights, "--out", str(out)]) == 0
+    model = build("digits_cnn_small", num_classes=10)
+    model.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    data = prepare(TrainConfig(model="digits_cnn_small")).data
+    top1 = evaluate(model, data.x_test, data.y_test, in_channels=1, image_size=8)["top1"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert top1 == pytest.approx(summary[weights]["top1"])  # the very network that was evaluated
+    assert main(["export", str(run), "--weights", "best", "--out", str(out)]) == 2
