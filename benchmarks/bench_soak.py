@@ -1,0 +1,44 @@
+"""Soak benchmark: 32 zero-compute workers hammer 4 shards for 60 s (loopback Ray).
+
+    python benchmarks/bench_soak.py [seconds]
+
+Writes throughput, push latency p50/p99 and memory over time to docs/benchmarks.md.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+from common import machine, write_section  # noqa: E402
+
+from ps_trainer.harness.soak import run_soak  # noqa: E402
+from ps_trainer.trainer.cluster import start_ray  # noqa: E402
+
+
+def main() -> None:
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 60.0
+    start_ray(None, num_cpus=os.cpu_count())
+    r = run_soak(workers=32, shards=4, seconds=seconds, params=1_000_000)
+    s = r["samples"]
+    mib = lambda b: f"{b / 2**20:.0f}"  # noqa: E731
+    lines = [f"Machine: {machine()}. 32 zero-compute workers (threads in 4 actor processes), "
+             f"4 shards, 1M parameters (1 MiB of float32 per shard push), max 2 pushes in flight "
+             f"per worker, every 20th push NaN (rejected). {r['seconds']:.0f} s including start.",
+             "",
+             "| pushes sent | recorded | applied | rejected | per worker equal | pushes/s | "
+             "p50 latency | p99 latency |",
+             "| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+             f"| {r['sent']} | {r['recorded']} | {r['outcomes'].get('applied', 0)} | "
+             f"{r['outcomes'].get('rejected', 0)} | {r['per_worker_equal']} | "
+             f"{r['pushes_per_s']:.0f} | {r['latency_ms_p50']:.0f} ms | {r['latency_ms_p99']:.0f} ms |",
+             "",
+             "Memory over the run (object store MiB / the 4 shards' resident MiB): "
+             + ", ".join(f"{t:.0f}s {mib(b)}/{mib(m)}" for t, b, m in s[::max(1, len(s) // 12)])]
+    print("\n".join(lines))
+    write_section("Soak: 32 workers against 4 shards", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
