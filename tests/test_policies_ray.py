@@ -30,10 +30,10 @@ def test_policy_runs_on_ray_with_a_straggler(ray_local, tmp_path, flags, expect)
     if "sync" in flags:
         rejected = rows["outcome"] == "rejected"
         assert all(r.startswith("late") for r in rows["reason"][rejected])
-        # each shard stepped once per K - b = 2 gradients of a version (the last steps, as
-        # workers finish, may take one)
+        # a step sums at most K - b = 2 gradients, and at least 1 (once the fast workers have
+        # finished, the straggler's quorum is itself)
         for i, v in enumerate(s["versions"]):
             accepted = int((~rejected & (rows["shard"] == i)).sum())
-            assert accepted // 2 <= v <= accepted // 2 + 2
+            assert (accepted + 1) // 2 <= v <= accepted
     if "bounded" in flags:
         assert rows["wait"].max() > 0  # fast workers were held back by the straggler

@@ -8,6 +8,6 @@ from .polyak import PolyakAverage
 from .schedule import LRSchedule
 from .shard import PushResult, ShardState
 
-__all__ = ["Async", "BoundedStaleness", "DelayCompensated", "DropStale", "Policy", "Synchronous", "FlatModel", "LRSchedule", "NesterovMomentum", "POLICIES",
-           "ParamLayout", "PolyakAverage", "PushResult", "ShardSpec", "ShardState",
-           "StalenessAwareLR", "make_policy"]
+__all__ = ["Async", "BoundedStaleness", "DelayCompensated", "DropStale", "FlatModel", "LRSchedule",
+           "NesterovMomentum", "POLICIES", "ParamLayout", "Policy", "PolyakAverage", "PushResult",
+           "ShardSpec", "ShardState", "StalenessAwareLR", "Synchronous", "make_policy"]
