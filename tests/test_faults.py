@@ -116,3 +116,20 @@ def test_checkpoint_on_a_pyarrow_uri_round_trips(tmp_path):
     assert (tmp_path / "shared" / "ckpts" / "checkpoints" / "LATEST.json").is_file()
     assert not (run / "checkpoints").exists()
     assert meta["format"] == 1 and len(states) == 2 and states[0]["version"] > 0
+
+
+@pytest.mark.parametrize("simulate", [True, False])
+def test_a_diverging_run_stops_with_a_message_and_keeps_its_last_good_checkpoint(
+        ray_local, tmp_path, simulate):
+    run = tmp_path / "run"
+    flags = ["--simulate", "--sim-evals", "2", "--checkpoint-steps", "4"] if simulate else \
+        ["--workers", "2", "--checkpoint-every", "0.5"]
+    rc = main(["--model", "digits_cnn_small", "--epochs", "20", "--lr", "100", "--no-progress",
+               "--run-dir", str(run), *flags])
+    assert rc == 1
+    s = json.loads((run / "summary.json").read_text())
+    assert "training diverged" in s["diverged"] and "lower --lr" in s["diverged"]
+    assert s["steps"] < 20 * 1437 // 32  # it stopped early
+    assert s["outcomes"]["rejected"] > 0 and s["accounted"]  # NaN pushes rejected and counted
+    states, meta = checkpoint.load(str(run), model="digits_cnn_small")
+    assert all(np.isfinite(sd["params"]).all() for sd in states)  # the last good one

@@ -38,6 +38,7 @@ from ..core import FlatModel, ShardState
 from ..data import Batches, partition
 from ..models import build
 from ..trainer import checkpoint
+from ..trainer.divergence import Diverged, DivergenceWatch
 from ..trainer.metrics import RunDirectory, new_run_dir
 from ..trainer.progress import ProgressBar
 from ..trainer.run import Evaluator, prepare, shard_options, worker_options
@@ -184,6 +185,7 @@ class Simulation:
         # at an event boundary, never with a step half-processed.
         stop = []
         handler = lambda signum, frame: stop.append(signum)  # noqa: E731
+        watch = DivergenceWatch()
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         next_checkpoint = (self.done_steps // cfg.checkpoint_steps + 1) * cfg.checkpoint_steps \
             if cfg.checkpoint_steps else None
@@ -206,7 +208,11 @@ class Simulation:
                 w = self.workers[i]
                 w.finish_step(loss)  # the push (if due) is applied now
                 self.done_steps += 1
-                run.pushes.write(w.drain_rows())
+                rows = w.drain_rows()
+                run.pushes.write(rows)
+                watch.add(rows)
+                if watch.diverged():
+                    break
                 start(w, self.t)
                 for j in sorted(parked):  # the push (or a retirement) may have released them
                     if self.may_begin(self.workers[j]):
@@ -217,8 +223,9 @@ class Simulation:
                     bar.update(self.done_steps, **{"virtual s": f"{self.t:.1f}"})
                 if next_checkpoint and self.done_steps >= next_checkpoint:
                     next_checkpoint += cfg.checkpoint_steps
-                    self.checkpoint()
-            if parked and not stop:
+                    if watch.healthy():  # never replace a good checkpoint with a diverged state
+                        self.checkpoint()
+            if parked and not stop and not watch.diverged():
                 raise RuntimeError(f"simulation deadlocked: workers {sorted(parked)} wait forever "
                                    f"under policy {cfg.policy}")
         finally:
@@ -229,7 +236,9 @@ class Simulation:
             interrupted = True
             self.log("\ninterrupted: checkpointing; `ps-train --resume "
                      f"{run.path}` continues exactly from here")
-        self.checkpoint()  # before the final evaluation: a resumed run evaluates it again
+        diverged = watch.diverged()
+        if not diverged:
+            self.checkpoint()  # before the final evaluation: a resumed run evaluates it again
         final = self.evaluator(self.done_steps, 0.0)
         run.evals.write(final)
         run.close()
@@ -239,8 +248,12 @@ class Simulation:
                                    run.path, self.t, interrupted=interrupted)
         summary.update(simulated=True, virtual_seconds=self.t, wall_seconds=time.time() - wall0)
         table += f"\nsimulated: {self.t:.2f} virtual s in {summary['wall_seconds']:.1f} s of wall time"
+        if diverged:
+            summary["diverged"] = watch.message()
         run.write_summary(summary, table)
         self.log(table)
+        if diverged:
+            raise Diverged(f"{watch.message()} (metrics are in {run.path})", summary)
         return summary
 
 

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from ..config import TrainConfig
+from ..trainer.divergence import Diverged
 from ..trainer.progress import ProgressBar
 
 SPEC_KEYS = ("out", "parallel", "base", "grid", "grids")
@@ -96,7 +97,15 @@ def _fmt(v) -> str:
 
 
 def _run_cell(settings: dict, name: str, run_dir: str) -> dict:
-    """One cell, in a pool process (or the driver): run it, its log into run_dir/log.txt."""
+    """One cell, in a pool process (or the driver): run it, its log into run_dir/log.txt.
+    A cell that diverged is a result, not a failure: its summary says so."""
+    try:
+        return _run(settings, name, run_dir)
+    except Diverged as e:
+        return e.summary
+
+
+def _run(settings: dict, name: str, run_dir: str) -> dict:
     import torch
 
     torch.set_num_threads(1)

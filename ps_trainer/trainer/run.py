@@ -26,6 +26,7 @@ from ..models import build, get_spec
 from .cluster import available_memory, estimate_worker_memory, plan_resources, start_ray
 from .evaluate import evaluate, has_batchnorm, recompute_bn
 from . import checkpoint
+from .divergence import DivergenceWatch, Diverged
 from .metrics import RunDirectory, new_run_dir
 from .progress import ProgressBar
 from .summary import summarize
@@ -294,6 +295,7 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
     staleness: list[int] = []  # of recent pushes, for the progress bar
     alive = set(range(len(workers)))
     failure, interrupted, stopped_for_time = "", False, False
+    watch = DivergenceWatch()
 
     def total(i: int) -> dict:
         p, b = progress[i], base[i]
@@ -303,6 +305,7 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
     def drain() -> int:
         for rows, prog in ray.get([workers[i].drain.remote() for i in sorted(alive)]):
             run.pushes.write(rows)
+            watch.add(rows)
             progress[prog["worker"]] = prog
             rows_written[prog["worker"]] += len(rows)
             staleness.extend(r["staleness"] for r in rows if r["staleness"] >= 0)
@@ -316,8 +319,10 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
 
     def save_checkpoint() -> None:
         nonlocal sequence
-        sequence += 1
         states = ray.get([s.state_dict.remote() for s in shards])
+        if not watch.healthy() or not all(np.isfinite(sd["params"]).all() for sd in states):
+            return  # keep the last good checkpoint: never overwrite it with a diverged state
+        sequence += 1
         meta = {"model": cfg.model, "fingerprint": plan.layout.fingerprint(), "kind": "ray",
                 "num_params": plan.layout.num_params, "sequence": sequence,
                 "workers": {str(i): total(i) for i in progress},
@@ -369,6 +374,10 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
                         f" (after {len(restarts)} restarts, the most --max-worker-failures allows)"
                         if restarts else "")
             steps = drain()
+            if watch.diverged():
+                failure = watch.message() + (f"; the last good checkpoint ({sequence}) is kept"
+                                             if sequence else "")
+                break
             if cfg.max_time and time.time() - t0 > cfg.max_time and not stopped_for_time:
                 stopped_for_time = True
                 stop_all()
@@ -418,6 +427,10 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
         table += f"\nworker restarts: {len(restarts)} (" + "; ".join(restarts) + ")"
     run.write_summary(summary, table)
     log(table)
+    if failure and watch.diverged():
+        summary["diverged"] = failure
+        run.write_summary(summary, table)
+        raise Diverged(f"{failure} (metrics are in {run.path})", summary)
     if failure:
         raise RuntimeError(f"{failure} (metrics so far are in {run.path})")
     return summary
