@@ -22,8 +22,11 @@ def _f(default, help: str, **kw):
 class TrainConfig:
     # --- what to train -------------------------------------------------------------------------
     model: str = _f("digits_cnn", "model name from the zoo (`ps-train models` lists them)")
-    dataset: str = _f("digits", "digits (scikit-learn's bundled 8x8 digits, no download) or "
-                                "synthetic (random ImageNet-shaped data, for throughput only)")
+    dataset: str = _f("digits", "digits (scikit-learn's bundled 8x8 digits, no download), "
+                                "synthetic (random ImageNet-shaped data, for throughput only), "
+                                "cifar10 (binary version, from --data-dir) or npz (--data-dir "
+                                "FILE.npz with x, y)")
+    data_dir: str = _f("", "where --dataset cifar10 or npz is read from (never downloaded)")
     image_size: int = _f(0, "side of the square input in pixels; 0 = the data's own size, raised "
                             "to the model's minimum if smaller")
     # --- the parameter server and its workers (Dean et al. 2012) --------------------------------
@@ -110,7 +113,7 @@ class TrainConfig:
     run_dir: str = _f("", "run directory; empty = a new folder under ./runs/")
     progress: bool = _f(True, "show the progress bar")
 
-    CHOICES = {"dataset": ("digits", "synthetic"), "lr_schedule": ("constant", "step"),
+    CHOICES = {"dataset": ("digits", "synthetic", "cifar10", "npz"), "lr_schedule": ("constant", "step"),
                "device": ("auto", "cpu", "cuda"),
                "delay": ("none", "constant", "uniform", "exponential")}
 

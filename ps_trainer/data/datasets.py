@@ -3,6 +3,7 @@
 - `digits`: scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes; from the UCI
   repository, Alpaydin & Kaynak 1998). Real, and needs no download, so it is the embedded default.
 - `synthetic`: random ImageNet-shaped tensors (for throughput benchmarks, never for accuracy).
+- `cifar10`, `npz`: read from `--data-dir` (see files.py).
 
 A `Dataset` is split once, with a seed, into train and held-out parts; the train part is then cut
 into disjoint worker partitions by `partition` (DistBelief: each model replica owns a data shard).
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DATASETS = ("digits", "synthetic")
+DATASETS = ("digits", "synthetic", "cifar10", "npz")
 
 
 @dataclass
@@ -33,9 +34,19 @@ class Dataset:
 
 def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.2,
                  synthetic_shape: tuple[int, int, int] = (3, 224, 224),
-                 synthetic_size: int = 256, num_classes: int = 1000) -> Dataset:
+                 synthetic_size: int = 256, num_classes: int = 1000, data_dir: str = "") -> Dataset:
     if name == "digits":
         return _digits(seed, test_fraction)
+    if name == "cifar10":
+        from .files import load_cifar10
+
+        return Dataset(name, *load_cifar10(data_dir), 10)
+    if name == "npz":
+        from .files import load_npz
+
+        x_train, y_train, x_test, y_test = load_npz(data_dir, seed, test_fraction)
+        return Dataset(name, x_train, y_train, x_test, y_test,
+                       int(max(y_train.max(), y_test.max() if len(y_test) else 0)) + 1)
     if name == "synthetic":
         rng = np.random.default_rng(seed)
         n_test = max(1, int(synthetic_size * test_fraction))

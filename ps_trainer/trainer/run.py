@@ -52,8 +52,14 @@ def prepare(cfg: TrainConfig) -> Plan:
     cfg.validate()
     spec = get_spec(cfg.model)
     size = cfg.image_size or spec.input_size
-    data = load_dataset(cfg.dataset, seed=cfg.seed, synthetic_shape=(spec.in_channels, size, size))
+    data = load_dataset(cfg.dataset, seed=cfg.seed, synthetic_shape=(spec.in_channels, size, size),
+                        data_dir=cfg.data_dir)
     notes = []
+    channels = data.image_shape[0]
+    if channels not in (1, spec.in_channels):  # grey images are expanded to RGB; nothing else
+        raise ValueError(f"--dataset {cfg.dataset} has {channels}-channel images, but --model "
+                         f"{cfg.model} takes {spec.in_channels}; choose a model for this data "
+                         f"(`ps-train models`)")
     native = data.image_shape[-1]
     if cfg.image_size:
         image_size = trainable_size(cfg.model, spec, cfg.image_size, explicit=True)
