@@ -102,6 +102,10 @@ class TrainConfig:
                                      "restarted on its partition); one more stops the run")
     crash_worker_at: str = _f("", "fault injection for drills and tests: 'W@S' makes worker W's "
                                   "process exit at its step S (first incarnation only)")
+    max_shard_failures: int = _f(3, "parameter-server shard deaths the run survives (each comes "
+                                    "back from the latest checkpoint); one more stops the run")
+    crash_shard_at: str = _f("", "fault injection: 'S@V' makes shard S's process exit when its "
+                                 "version reaches V (first incarnation only)")
     resume: str = _f("", "continue the run in this run directory from its latest checkpoint "
                          "(its config.yaml is used; flags given here override it)")
     # --- where it runs ----------------------------------------------------------------------------
@@ -223,6 +227,14 @@ class TrainConfig:
             ok = len(parts) == 2 and all(p.isdigit() for p in parts) and int(parts[0]) < self.workers
             _check(ok, "crash-worker-at", self.crash_worker_at,
                    f"'W@S' with worker W in [0, {self.workers}) and step S >= 0, e.g. 0@20")
+        _check(self.max_shard_failures >= 0, "max-shard-failures", self.max_shard_failures,
+               "an integer >= 0")
+        if self.crash_shard_at:
+            parts = self.crash_shard_at.split("@")
+            ok = len(parts) == 2 and all(p.isdigit() for p in parts) and int(parts[0]) < self.ps_shards \
+                and int(parts[1]) > 0
+            _check(ok, "crash-shard-at", self.crash_shard_at,
+                   f"'S@V' with shard S in [0, {self.ps_shards}) and version V >= 1, e.g. 0@100")
         _check(self.checkpoint_steps >= 0, "checkpoint-steps", self.checkpoint_steps, "an integer >= 0")
         for name in ("fetch_every", "push_every", "publish_every", "threads_per_worker", "bn_batches"):
             _check(getattr(self, name) >= 1, name.replace("_", "-"), getattr(self, name), "an integer >= 1")

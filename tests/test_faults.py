@@ -133,3 +133,23 @@ def test_a_diverging_run_stops_with_a_message_and_keeps_its_last_good_checkpoint
     assert s["outcomes"]["rejected"] > 0 and s["accounted"]  # NaN pushes rejected and counted
     states, meta = checkpoint.load(str(run), model="digits_cnn_small")
     assert all(np.isfinite(sd["params"]).all() for sd in states)  # the last good one
+
+
+def test_a_dead_shard_comes_back_from_its_checkpoint_and_versions_stay_monotonic(ray_local, tmp_path):
+    run = tmp_path / "run"
+    assert main([*RUN, "--epochs", "4", "--crash-shard-at", "0@60", "--checkpoint-steps", "20",
+                 "--checkpoint-every", "0", "--run-dir", str(run)]) == 0
+    s = json.loads((run / "summary.json").read_text())
+    (r,) = s["shard_restarts"]
+    assert r["shard"] == 0 and r["checkpoint"] >= 1 and 0 < r["restored_version"] <= 60
+    assert r["updates_lost"] == r["top_seen"] - r["restored_version"] >= 0
+    assert r["continued_at"] > r["top_seen"]
+    # every push accounted: the ones the restored shard forgot are those it lost since the checkpoint
+    assert s["accounted"] and s["pushes_sent"] == 3 * 2 * s["steps"] // 3
+    rows = pq.read_table(run / "pushes.parquet").to_pydict()
+    applied = [v for sh, v, o in zip(rows["shard"], rows["version"], rows["outcome"])
+               if sh == 0 and o != "rejected"]
+    assert len(applied) == len(set(applied))  # no version of shard 0 was ever issued twice
+    rejected = [why for sh, why in zip(rows["shard"], rows["reason"]) if sh == 0 and why]
+    assert all(why.startswith("recovering") for why in rejected)
+    assert s["polyak"]["top1"] > 0.9

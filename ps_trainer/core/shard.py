@@ -130,6 +130,8 @@ class ShardState:
         """May `worker`, having pushed `clock` times, read now? Its own pushes must have arrived
         (a threaded server may run a pull before the push sent just before it) and the policy
         must agree. Call with the lock held, or accept a racy answer."""
+        if not self.policy.coordinates:
+            return True
         return self.clocks[worker] >= clock and self.policy.ready(self, worker, clock)
 
     def wait_ready(self, worker: int, clock: int, timeout: float | None = None) -> bool:
@@ -215,6 +217,13 @@ class ShardState:
                     decision = Decision(COMPENSATED, decision.lr_scale)
             self._apply(g, lr)
             return self._record(worker, decision, version_read, staleness, lr)
+
+    def reject(self, worker: int, reason: str) -> PushResult:
+        """Record a push refused before it was looked at (e.g. by a recovering server)."""
+        with self.cond:
+            self.clocks[worker] += 1
+            self.cond.notify_all()
+            return self._record(worker, Decision(REJECTED, 0.0, reason), -1, -1, 0.0)
 
     def _step_aggregate(self) -> None:
         """BSP: one optimizer step on the mean of the gradients summed for this version."""

@@ -145,13 +145,18 @@ def make_shards(plan: Plan, resources) -> list:
     params, buffers = plan.layout.flatten(plan.model)
     actor = ray.remote(ParameterServerShard)
     shards = []
+    crash = [int(v) for v in cfg.crash_shard_at.split("@")] if cfg.crash_shard_at else [-1, 0]
     for s in plan.layout.shards(cfg.ps_shards):
         # A thread per worker: under SSP/BSP each may be held in a pull while others push.
-        shards.append(actor.options(num_cpus=resources.shard_cpus,
-                                    max_concurrency=cfg.workers + 4).remote(
+        # Ray restarts a dead shard (which then loads the latest checkpoint) and retries the
+        # calls in flight to it, so workers wait instead of failing.
+        shards.append(actor.options(num_cpus=resources.shard_cpus, max_concurrency=cfg.workers + 4,
+                                    max_restarts=cfg.max_shard_failures,
+                                    max_task_retries=-1 if cfg.max_shard_failures else 0).remote(
             s.index, params[s.params[0]:s.params[1]], buffers[s.buffers[0]:s.buffers[1]],
             **shard_options(plan), publish_every=cfg.publish_every,
-            publish_interval=cfg.publish_interval, threads=max(1, int(resources.shard_cpus))))
+            publish_interval=cfg.publish_interval, threads=max(1, int(resources.shard_cpus)),
+            checkpoints=cfg.checkpoint_location(), crash_at=crash[1] if crash[0] == s.index else 0))
     return shards
 
 
@@ -335,6 +340,31 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
                 "rows": {"pushes": run.pushes.rows, "evals": run.evals.rows}}
         checkpoint.save(cfg.checkpoint_location(), states, meta)
 
+    shard_restarts: list[dict] = []
+
+    def recover() -> None:
+        """A shard that Ray restarted has loaded the latest checkpoint: tell it the version to
+        continue from, above any version a worker may have seen, and count what was lost."""
+        try:
+            infos = ray.get([s.recovery.remote() for s in shards], timeout=10)
+        except ray.exceptions.GetTimeoutError:
+            return  # a shard is still coming back; look again next round
+        for i, info in enumerate(infos):
+            if info is None:
+                continue
+            ids = sorted(alive)
+            seen = ray.get([workers[w].versions_seen.remote() for w in ids], timeout=30)
+            top = max([info["restored_version"]] + [v[i] for v, _ in seen])
+            # Pushes applied but not yet acknowledged when it died were seen by nobody; there are
+            # at most max_inflight + 1 per worker. Start above them too.
+            floor = top + cfg.workers * (cfg.max_inflight + 1) + 1
+            ray.get(shards[i].finish_recovery.remote(floor, {w: c for w, (_, c) in zip(ids, seen)}))
+            shard_restarts.append({**info, "top_seen": top, "continued_at": floor,
+                                   "updates_lost": top - info["restored_version"]})
+            log(f"\nshard {i} died and came back from checkpoint {info['checkpoint']} at version "
+                f"{info['restored_version']}; at least {top - info['restored_version']} updates "
+                f"since it are lost; versions continue at {floor}")
+
     def replace(i: int, error: str) -> None:
         """Worker i's actor died: start another on the same partition for the steps it had left."""
         per_shard = [sum(st["worker_counters"].get(i, {}).values())
@@ -380,6 +410,9 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
                         f" (after {len(restarts)} restarts, the most --max-worker-failures allows)"
                         if restarts else "")
             steps = drain()
+            recover()
+            if len(shard_restarts) > cfg.max_shard_failures:
+                failure = f"{len(shard_restarts)} shard failures, more than --max-shard-failures"
             if watch.diverged():
                 failure = watch.message() + (f"; the last good checkpoint ({sequence}) is kept"
                                              if sequence else "")
@@ -427,8 +460,15 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
     run.close()
     summary, table = summarize(plan, final, shard_stats, {i: total(i) for i in progress}, run.path,
                                train_time, interrupted=interrupted,
-                               stopped_for_time=stopped_for_time, lost_rows=lost_rows)
+                               stopped_for_time=stopped_for_time, lost_rows=lost_rows,
+                               shard_restarts=shard_restarts)
     summary["worker_restarts"] = restarts
+    summary["shard_restarts"] = shard_restarts
+    if shard_restarts:
+        table += "\nshard restarts: " + "; ".join(
+            f"shard {r['shard']} from checkpoint {r['checkpoint']} (version {r['restored_version']}, "
+            f"{r['updates_lost']} updates lost, continued at {r['continued_at']})"
+            for r in shard_restarts)
     if restarts:
         table += f"\nworker restarts: {len(restarts)} (" + "; ".join(restarts) + ")"
     run.write_summary(summary, table)

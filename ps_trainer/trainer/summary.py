@@ -15,9 +15,11 @@ import pyarrow.parquet as pq
 
 def summarize(plan, final_evals: list[dict], shard_stats: list[dict], progress: dict,
               run_path: Path, train_time: float, *, interrupted: bool = False,
-              stopped_for_time: bool = False, lost_rows: dict | None = None) -> tuple[dict, str]:
+              stopped_for_time: bool = False, lost_rows: dict | None = None,
+              shard_restarts: list | None = None) -> tuple[dict, str]:
     cfg = plan.cfg
-    pushes = pq.read_table(run_path / "pushes.parquet", columns=["worker", "staleness"])
+    pushes = pq.read_table(run_path / "pushes.parquet",
+                           columns=["worker", "staleness", "shard", "version"])
     staleness = np.asarray(pushes.column("staleness").to_numpy())
     staleness = staleness[staleness >= 0]
     outcomes = Counter()
@@ -30,7 +32,17 @@ def summarize(plan, final_evals: list[dict], shard_stats: list[dict], progress: 
     rows_per_worker = Counter(pushes.column("worker").to_pylist())
     # A worker process that died took its not-yet-drained rows with it: counted, not hidden.
     lost = {w: int((lost_rows or {}).get(w, 0)) for w in sent}
-    accounted = all(sent[w] == recorded[w] == rows_per_worker[w] + lost[w] for w in sent)
+    # A shard restored from a checkpoint forgot the pushes it recorded after it: exactly the rows
+    # of that shard with versions between the checkpoint's and the one it continued at.
+    forgotten = Counter()
+    if shard_restarts:
+        cols = {k: np.asarray(pushes.column(k).to_numpy()) for k in ("worker", "shard", "version")}
+        for r in shard_restarts:
+            hit = (cols["shard"] == r["shard"]) & (cols["version"] > r["restored_version"]) \
+                & (cols["version"] < r["continued_at"])
+            forgotten.update(cols["worker"][hit].tolist())
+    accounted = all(sent[w] == recorded[w] + forgotten[w] == rows_per_worker[w] + lost[w]
+                    for w in sent)
     images = sum(p["images"] for p in progress.values())
     steps = sum(p["steps"] for p in progress.values())
     evals = {r["weights"]: r for r in final_evals}

@@ -7,10 +7,18 @@ every worker that asks, publishing a new one only when the weights have moved by
 versions (and `publish_interval` seconds have passed). Pushes arrive as numpy arguments (read
 zero-copy). The actor is threaded: pulls are answered while a push is being applied, and the
 shard's lock only guards the arrays while they change.
+
+Recovery: the trainer creates shards with `max_restarts`, so Ray restarts a shard whose process
+died, re-running `__init__` with the original arguments. A restarted Ray actor comes back with
+its initial state; this one instead loads its part of the run's latest checkpoint. Until the
+driver has told it the highest version anyone saw (`finish_recovery`), it is *recovering*: worker
+pulls are held (they retry) and pushes are rejected as `recovering` (counted), so no version
+number is ever issued twice.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -25,17 +33,51 @@ class ParameterServerShard:
 
     def __init__(self, index: int, params: np.ndarray, buffers: np.ndarray, *, optimizer,
                  schedule, policy, averager, publish_every: int = 1,
-                 publish_interval: float = 0.0, threads: int = 1):
+                 publish_interval: float = 0.0, threads: int = 1, checkpoints: str = "",
+                 crash_at: int = 0):
         import torch
 
         torch.set_num_threads(threads)
         self.state = ShardState(index, params, buffers, optimizer=optimizer, schedule=schedule,
                                 policy=policy, averager=averager)
+        self.recovering: dict | None = None
+        self.crash_at = crash_at  # fault injection (--crash-shard-at): exit at this version
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            self.crash_at = 0
+            self.recovering = self._restore(checkpoints)
         self.publish_every = publish_every  # versions between published snapshots
         self.publish_interval = publish_interval  # s, at least this long between publications
         self._published: dict[bool, tuple] = {}  # averaged -> ([ref], version, time)
         self._publish_lock = threading.Lock()
         self.publications = 0
+
+    def _restore(self, checkpoints: str) -> dict:
+        """After a restart: this shard's state from the latest checkpoint, if there is one."""
+        from ..trainer import checkpoint
+
+        if checkpoints and checkpoint.exists(checkpoints):
+            states, meta = checkpoint.load(checkpoints)
+            self.state.load_state_dict(next(sd for sd in states if sd["index"] == self.state.index))
+            return {"shard": self.state.index, "checkpoint": meta["sequence"],
+                    "restored_version": self.state.version}
+        return {"shard": self.state.index, "checkpoint": None, "restored_version": 0}
+
+    def recovery(self) -> dict | None:
+        """What this shard was restored from, while it waits for `finish_recovery`; else None."""
+        return self.recovering
+
+    def finish_recovery(self, version: int, clocks: dict[int, int]) -> dict:
+        """Continue from `version`, above every version issued before the restart, with each
+        worker's count of pushes as the workers know it (the checkpoint's is older)."""
+        with self.state.cond:
+            info = dict(self.recovering or {}, version=max(version, self.state.version))
+            self.state.version = info["version"]
+            for w, c in clocks.items():
+                self.state.clocks[int(w)] = max(self.state.clocks[int(w)], int(c))
+            self.state.cond.notify_all()
+        self._published.clear()
+        self.recovering = None
+        return info
 
     def pull(self, averaged: bool = False, worker: int | None = None, clock: int = 0,
              timeout: float = 1.0) -> tuple[int, list, float] | None:
@@ -46,6 +88,9 @@ class ParameterServerShard:
         read; None means "not yet, ask again" (so no actor thread is held for long)."""
         state = self.state
         t0 = time.perf_counter()
+        if worker is not None and self.recovering:
+            time.sleep(min(timeout, 0.05))
+            return None  # ask again: the version to continue from is not known yet
         if worker is not None and not state.wait_ready(worker, clock, timeout):
             return None
         waited = time.perf_counter() - t0
@@ -71,10 +116,16 @@ class ParameterServerShard:
 
     def push(self, grad: np.ndarray, version_read: int, worker: int,
              bn_stats: np.ndarray | None = None, shard: int | None = None) -> PushResult:
+        if self.crash_at and self.state.version >= self.crash_at:
+            os._exit(1)  # a real process death, as a lost machine would be
+        if self.recovering:
+            return self.state.reject(worker, "recovering: restored from a checkpoint; the gradient "
+                                             "was computed on weights it no longer has")
         return self.state.push(grad, version_read, worker, bn_stats, shard)
 
     def stats(self) -> dict:
-        return {**self.state.stats(), "publications": self.publications}
+        return {**self.state.stats(), "publications": self.publications,
+                "recovering": self.recovering}
 
     def state_dict(self) -> dict:
         return self.state.state_dict()

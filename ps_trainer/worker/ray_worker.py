@@ -59,6 +59,12 @@ class WorkerActor:
         return {"worker": w.id, "steps": w.step_count, "images": w.images, "loss": w.last_loss,
                 "pushes_sent": w.pushes_sent, "inflight": len(w.inflight)}
 
+    def versions_seen(self) -> tuple[list[int], int]:
+        """The highest version of each shard this worker has seen (a restarted shard continues
+        above the highest over all workers, so no version number is issued twice), and how
+        many pushes it has made."""
+        return list(self.worker.seen), self.worker.clock
+
     def drain(self) -> tuple[list[dict], dict]:
         """Metrics rows acknowledged since the last drain, and progress counters."""
         return self.worker.drain_rows(), self.progress()

@@ -50,6 +50,7 @@ class Worker:
         self.delay = delay  # a StepDelay (or None): injected straggling, see delays.py
         self.now = time.time  # the simulator replaces this with its virtual clock
         self.versions = [0] * len(shards)  # shard versions of the weights in the model now
+        self.seen = [0] * len(shards)  # highest version of each shard seen (pulls and pushes)
         self.inflight: deque = deque()  # (step, loss, handles) awaiting acknowledgement
         self.rows: deque = deque()  # one per acknowledged push; deque: drained from another thread
         self.step_count = 0
@@ -71,6 +72,7 @@ class Worker:
             self.flat.params[p0:p1].copy_(torch.from_numpy(arr[:p1 - p0]))  # arr is read-only
             self.flat.buffers[b0:b1].copy_(torch.from_numpy(arr[p1 - p0:]))
             self.versions[spec.index] = version
+            self.seen[spec.index] = max(self.seen[spec.index], version)
         self.timing["wait"] += self.client.last_wait  # s the shards held this pull (SSP/BSP)
 
     def compute(self) -> float:
@@ -103,6 +105,7 @@ class Worker:
     def _acknowledge(self) -> None:
         step, loss, t, timing, handles = self.inflight.popleft()
         for r in self.client.results(handles):
+            self.seen[r.shard] = max(self.seen[r.shard], r.version)
             self.rows.append({"time": t, "worker": self.id, "shard": r.shard, "step": step,
                               "version_read": r.version_read, "staleness": r.staleness,
                               "outcome": r.outcome, "lr": r.lr, "loss": loss,
