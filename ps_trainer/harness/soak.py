@@ -70,9 +70,11 @@ class Hammer:
 
 def _store_bytes() -> float:
     """Bytes in Ray's object store, from its memory summary (no public API gives the number)."""
+    import ray
     from ray._private.internal_api import memory_summary
 
-    text = memory_summary(stats_only=True)
+    # This cluster's, by address: with none, Ray refuses if another instance runs on the machine.
+    text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
     for line in text.splitlines():
         if "Plasma memory usage" in line:  # "Plasma memory usage 0 MiB, 2 objects, ..."
             return float(line.split("usage")[1].split("MiB")[0]) * 2**20

@@ -11,6 +11,7 @@ when workers share cores). A local Ray listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +32,10 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
              _node_ip_address="127.0.0.1", log_to_driver=True, configure_logging=False)
+    gcs = ray.get_runtime_context().gcs_address
+    if not gcs.startswith("127.0.0.1"):  # ray was imported before ps_trainer set the variable
+        warnings.warn(f"the local Ray node listens on {gcs}, not only on 127.0.0.1: import "
+                      f"ps_trainer before ray, or set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0")
     return True
 
 
