@@ -249,11 +249,12 @@ class Simulation:
         summary.update(simulated=True, virtual_seconds=self.t, wall_seconds=time.time() - wall0)
         table += f"\nsimulated: {self.t:.2f} virtual s in {summary['wall_seconds']:.1f} s of wall time"
         if diverged:
-            summary["diverged"] = watch.message()
+            summary["diverged"] = watch.message() + (
+                f"; the last good checkpoint ({self.sequence}) is kept" if self.sequence else "")
         run.write_summary(summary, table)
         self.log(table)
         if diverged:
-            raise Diverged(f"{watch.message()} (metrics are in {run.path})", summary)
+            raise Diverged(f"{summary['diverged']} (metrics are in {run.path})", summary)
         return summary
 
 
