@@ -1,6 +1,5 @@
 """The soak test (bounded in time, loopback only): 32 zero-compute workers hammer 4 shards."""
 
-import pytest
 
 from ps_trainer.harness.soak import run_soak
 

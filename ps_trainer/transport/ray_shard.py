@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 
 import numpy as np
 import ray
@@ -42,7 +43,10 @@ class ParameterServerShard:
                                 policy=policy, averager=averager)
         self.recovering: dict | None = None
         self.crash_at = crash_at  # fault injection (--crash-shard-at): exit at this version
-        if ray.get_runtime_context().was_current_actor_reconstructed:
+        with warnings.catch_warnings():  # Ray marks the property deprecated, with no successor yet
+            warnings.simplefilter("ignore")
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        if restarted:
             self.crash_at = 0
             self.recovering = self._restore(checkpoints)
         self.publish_every = publish_every  # versions between published snapshots

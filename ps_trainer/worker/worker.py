@@ -21,7 +21,6 @@ from collections import deque
 
 import warnings
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
