@@ -291,7 +291,11 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
     t0 = time.time()
     evaluator = Evaluator(plan, RayClient(shards))
     bar = ProgressBar(plan.steps_per_worker * cfg.workers, enabled=cfg.progress)
-    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Ctrl-C and SIGTERM only raise a flag, read between rounds: a signal landing mid-drain
+    # would otherwise drop rows already taken from the workers.
+    stop_signal: list[int] = []
+    previous_handlers = {sig: signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+                         for sig in (signal.SIGINT, signal.SIGTERM)}
     zero = {"steps": 0, "images": 0, "loss": float("nan"), "pushes_sent": 0}
     progress = {i: dict(zero, worker=i) for i in range(len(workers))}  # this incarnation's
     # What earlier sessions (a resumed run) and dead incarnations did, per worker.
@@ -314,7 +318,13 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
                                                                               "pushes_sent")}}
 
     def drain() -> int:
-        for rows, prog in ray.get([workers[i].drain.remote() for i in sorted(alive)]):
+        refs = [workers[i].drain.remote() for i in sorted(alive)]
+        ray.wait(refs, num_returns=len(refs), timeout=30)
+        for ref in refs:
+            try:
+                rows, prog = ray.get(ref, timeout=0)
+            except ray.exceptions.RayError:  # died: its run() result says so, handled there
+                continue
             run.pushes.write(rows)
             watch.add(rows)
             progress[prog["worker"]] = prog
@@ -391,7 +401,7 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
     pending = {w.run.remote(plan.steps_per_worker - base[i]["steps"]): i
                for i, w in enumerate(workers)}
     try:
-        while pending and not failure:
+        while pending and not failure and not stop_signal:
             done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.5)
             for ref in done:
                 i = pending.pop(ref)
@@ -439,13 +449,14 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
                 "loss": _mean_loss(progress),
                 "stale": f"{np.mean(staleness):.1f}" if staleness else "-",
                 "acc raw/polyak": f"{100 * latest['raw']:.1f}/{100 * latest['polyak']:.1f}%"})
-    except KeyboardInterrupt:
+    finally:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+        bar.close()
+    if stop_signal:
         interrupted = True
         log("\ninterrupted: stopping workers, checkpointing and writing what was done; "
             f"`ps-train --resume {run.path}` continues")
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-        bar.close()
     if failure:
         log(f"error: {failure}; stopping the other workers")
     if interrupted or failure:
@@ -487,5 +498,3 @@ def _mean_loss(progress: dict) -> str:
     return f"{np.mean(losses):.3f}" if losses else "-"
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
