@@ -222,19 +222,13 @@ class TrainConfig:
         _check(self.checkpoint_every >= 0, "checkpoint-every", self.checkpoint_every, "seconds >= 0")
         _check(self.max_worker_failures >= 0, "max-worker-failures", self.max_worker_failures,
                "an integer >= 0")
-        if self.crash_worker_at:
-            parts = self.crash_worker_at.split("@")
-            ok = len(parts) == 2 and all(p.isdigit() for p in parts) and int(parts[0]) < self.workers
-            _check(ok, "crash-worker-at", self.crash_worker_at,
-                   f"'W@S' with worker W in [0, {self.workers}) and step S >= 0, e.g. 0@20")
         _check(self.max_shard_failures >= 0, "max-shard-failures", self.max_shard_failures,
                "an integer >= 0")
-        if self.crash_shard_at:
-            parts = self.crash_shard_at.split("@")
-            ok = len(parts) == 2 and all(p.isdigit() for p in parts) and int(parts[0]) < self.ps_shards \
-                and int(parts[1]) > 0
-            _check(ok, "crash-shard-at", self.crash_shard_at,
-                   f"'S@V' with shard S in [0, {self.ps_shards}) and version V >= 1, e.g. 0@100")
+        for flag, who, count in (("crash-worker-at", "worker", self.workers),
+                                 ("crash-shard-at", "shard", self.ps_shards)):
+            value = getattr(self, flag.replace("-", "_"))
+            _check(not value or fault_at(value)[0] < count, flag, value,
+                   f"'I@N' with {who} I in [0, {count}) and N >= 1, e.g. 0@20")
         _check(self.checkpoint_steps >= 0, "checkpoint-steps", self.checkpoint_steps, "an integer >= 0")
         for name in ("fetch_every", "push_every", "publish_every", "threads_per_worker", "bn_batches"):
             _check(getattr(self, name) >= 1, name.replace("_", "-"), getattr(self, name), "an integer >= 1")
@@ -243,6 +237,14 @@ class TrainConfig:
         _check(self.eval_every > 0, "eval-every", self.eval_every, "seconds > 0")
         _check(self.image_size >= 0, "image-size", self.image_size, "pixels >= 0 (0 = automatic)")
         return self
+
+
+def fault_at(value: str) -> tuple[int, int]:
+    """'I@N' of the fault-injection flags -> (I, N); (-1, 0) when unset or malformed."""
+    parts = value.split("@") if value else []
+    if len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[1]) < 1:
+        return -1 if not value else 1 << 30, 0
+    return int(parts[0]), int(parts[1])
 
 
 def _check(ok: bool, flag: str, value, allowed: str) -> None:

@@ -27,7 +27,6 @@ of real time. It does not model network latency or the shard's own compute time.
 from __future__ import annotations
 
 import heapq
-import signal
 import time
 
 import numpy as np
@@ -41,6 +40,7 @@ from ..trainer import checkpoint
 from ..trainer.divergence import Diverged, DivergenceWatch
 from ..trainer.metrics import RunDirectory, new_run_dir
 from ..trainer.progress import ProgressBar
+from ..trainer.signals import stop_requested
 from ..trainer.run import Evaluator, prepare, shard_options, worker_options
 from ..trainer.summary import summarize
 from ..transport.inprocess import InProcessClient
@@ -181,12 +181,7 @@ class Simulation:
         bar = ProgressBar(total, enabled=cfg.progress)
         wall0 = time.time()
         interrupted = False
-        # Ctrl-C and SIGTERM only raise a flag, read between events: a checkpoint is always taken
-        # at an event boundary, never with a step half-processed.
-        stop = []
-        handler = lambda signum, frame: stop.append(signum)  # noqa: E731
         watch = DivergenceWatch()
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         next_checkpoint = (self.done_steps // cfg.checkpoint_steps + 1) * cfg.checkpoint_steps \
             if cfg.checkpoint_steps else None
 
@@ -198,7 +193,9 @@ class Simulation:
             else:
                 parked[w.id] = since
 
-        try:
+        # Ctrl-C and SIGTERM only raise a flag, read between events: a checkpoint is always taken
+        # at an event boundary, never with a step half-processed.
+        with stop_requested() as stop, bar:
             if not cfg.resume:
                 run.evals.write(self.evaluator(0, 0.0))
                 for w in self.workers:
@@ -228,10 +225,6 @@ class Simulation:
             if parked and not stop and not watch.diverged():
                 raise RuntimeError(f"simulation deadlocked: workers {sorted(parked)} wait forever "
                                    f"under policy {cfg.policy}")
-        finally:
-            for sig, h in previous.items():
-                signal.signal(sig, h)
-            bar.close()
         if stop:
             interrupted = True
             self.log("\ninterrupted: checkpointing; `ps-train --resume "

@@ -35,6 +35,12 @@ class ProgressBar:
             self.stream.write(line + "\n")
             self.stream.flush()
 
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.enabled and self.tty:
             self.stream.write("\n")

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..config import TrainConfig
+from ..config import TrainConfig, fault_at
 from ..core import LRSchedule, NesterovMomentum, ParamLayout, PolyakAverage, make_policy
 from ..data import load_dataset, partition
 from ..models import build, get_spec
@@ -27,6 +26,7 @@ from .cluster import available_memory, estimate_worker_memory, plan_resources, s
 from .evaluate import evaluate, has_batchnorm, recompute_bn
 from . import checkpoint
 from .divergence import DivergenceWatch, Diverged
+from .signals import stop_requested
 from .metrics import RunDirectory, new_run_dir
 from .progress import ProgressBar
 from .summary import summarize
@@ -145,7 +145,7 @@ def make_shards(plan: Plan, resources) -> list:
     params, buffers = plan.layout.flatten(plan.model)
     actor = ray.remote(ParameterServerShard)
     shards = []
-    crash = [int(v) for v in cfg.crash_shard_at.split("@")] if cfg.crash_shard_at else [-1, 0]
+    crash = fault_at(cfg.crash_shard_at)
     for s in plan.layout.shards(cfg.ps_shards):
         # A thread per worker: under SSP/BSP each may be held in a pull while others push.
         # Ray restarts a dead shard (which then loads the latest checkpoint) and retries the
@@ -181,10 +181,8 @@ def make_worker(plan: Plan, shards: list, resources, i: int, crash: bool = True)
 
     cfg, data = plan.cfg, plan.data
     idx = partition(len(data.y_train), cfg.workers, cfg.seed)[i]
-    crash_at = 0
-    if crash and cfg.crash_worker_at:
-        w, step = (int(v) for v in cfg.crash_worker_at.split("@"))
-        crash_at = step if w == i else 0
+    w, step = fault_at(cfg.crash_worker_at)
+    crash_at = step if crash and w == i else 0
     return ray.remote(WorkerActor).options(
         num_cpus=resources.worker_cpus, num_gpus=resources.worker_gpus, max_concurrency=2).remote(
         i, cfg.model, data.num_classes, plan.in_channels, shards, plan.layout.shards(cfg.ps_shards),
@@ -291,11 +289,6 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
     t0 = time.time()
     evaluator = Evaluator(plan, RayClient(shards))
     bar = ProgressBar(plan.steps_per_worker * cfg.workers, enabled=cfg.progress)
-    # Ctrl-C and SIGTERM only raise a flag, read between rounds: a signal landing mid-drain
-    # would otherwise drop rows already taken from the workers.
-    stop_signal: list[int] = []
-    previous_handlers = {sig: signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
-                         for sig in (signal.SIGINT, signal.SIGTERM)}
     zero = {"steps": 0, "images": 0, "loss": float("nan"), "pushes_sent": 0}
     progress = {i: dict(zero, worker=i) for i in range(len(workers))}  # this incarnation's
     # What earlier sessions (a resumed run) and dead incarnations did, per worker.
@@ -400,7 +393,7 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
     next_checkpoint_step = (sum(b["steps"] for b in base.values()) // every + 1) * every if every else None
     pending = {w.run.remote(plan.steps_per_worker - base[i]["steps"]): i
                for i, w in enumerate(workers)}
-    try:
+    with stop_requested() as stop_signal, bar:
         while pending and not failure and not stop_signal:
             done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.5)
             for ref in done:
@@ -449,10 +442,6 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
                 "loss": _mean_loss(progress),
                 "stale": f"{np.mean(staleness):.1f}" if staleness else "-",
                 "acc raw/polyak": f"{100 * latest['raw']:.1f}/{100 * latest['polyak']:.1f}%"})
-    finally:
-        for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
-        bar.close()
     if stop_signal:
         interrupted = True
         log("\ninterrupted: stopping workers, checkpointing and writing what was done; "
