@@ -163,3 +163,17 @@ def test_bad_path_names_it(tmp_path):
         report(tmp_path)
     with pytest.raises(ValueError, match="no-such-dir"):
         main([str(tmp_path / "no-such-dir")])
+
+
+def test_a_diverging_cell_is_a_result_not_a_failed_sweep(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "out": str(tmp_path / "sweep"), "parallel": 2,
+        "base": {"simulate": True, "model": "digits_cnn_small", "epochs": 3, "sim_evals": 2},
+        "grids": [{"lr": [0.05, 100.0]}]}))
+    out = run_sweep(spec, log=lambda s: None, progress=False)
+    t = pq.read_table(out / "sweep.parquet").to_pydict()
+    by_lr = dict(zip(t["lr"], t["diverged"]))
+    assert by_lr == {0.05: False, 100.0: True}
+    s = json.loads((out / "cells" / "lr=100" / "summary.json").read_text())
+    assert "training diverged" in s["diverged"]
