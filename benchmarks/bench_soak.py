@@ -34,7 +34,7 @@ def main() -> None:
              f"{r['outcomes'].get('rejected', 0)} | {r['per_worker_equal']} | "
              f"{r['pushes_per_s']:.0f} | {r['latency_ms_p50']:.0f} ms | {r['latency_ms_p99']:.0f} ms |",
              "",
-             "Memory over the run (object store MiB / the 4 shards' resident MiB): "
+             "Memory over the run (object store MiB / the 4 shards' private resident MiB, RssAnon): "
              + ", ".join(f"{t:.0f}s {mib(b)}/{mib(m)}" for t, b, m in s[::max(1, len(s) // 12)])]
     print("\n".join(lines))
     write_section("Soak: 32 workers against 4 shards", "\n".join(lines))

@@ -8,7 +8,7 @@ pushes is malformed on purpose (NaN), so the rejection path is under load too. I
 - accounting: pushes sent = applied + rejected on the shards, per worker (nothing lost, nothing
   counted twice);
 - push latency (submit to acknowledgement) p50/p99, and throughput;
-- memory: Ray object-store bytes in use and the shards' resident memory, sampled every second,
+- memory: Ray object-store bytes in use and the shards' private resident memory, sampled every second,
   to show they stay flat (in-flight work is bounded by back-pressure, snapshots are shared).
 """
 
@@ -131,10 +131,12 @@ def run_soak(workers: int = 32, shards: int = 4, seconds: float = 10.0, params: 
 
 
 def _rss(pid: int) -> float:
+    """Private resident memory (RssAnon): VmRSS also counts the pages of Ray's shared-memory
+    object store the process has touched, which grow up to the store's size and are not its own."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith("RssAnon:"):
                     return float(line.split()[1]) * 1024
     except OSError:
         pass
