@@ -229,6 +229,10 @@ class TrainConfig:
             value = getattr(self, flag.replace("-", "_"))
             _check(not value or fault_at(value)[0] < count, flag, value,
                    f"'I@N' with {who} I in [0, {count}) and N >= 1, e.g. 0@20")
+        if "://" in self.run_dir:
+            raise ValueError(f"--run-dir {self.run_dir}: the run directory (metrics, reports) is "
+                             f"local; put the checkpoints on shared storage with --checkpoint-dir "
+                             f"{self.run_dir}")
         _check(self.checkpoint_steps >= 0, "checkpoint-steps", self.checkpoint_steps, "an integer >= 0")
         for name in ("fetch_every", "push_every", "publish_every", "threads_per_worker", "bn_batches"):
             _check(getattr(self, name) >= 1, name.replace("_", "-"), getattr(self, name), "an integer >= 1")

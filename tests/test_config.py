@@ -30,6 +30,7 @@ def test_yaml_then_flags_override(tmp_path):
 
 @pytest.mark.parametrize("argv,message", [
     (["--model", "resnet5"], "unknown model 'resnet5'; choose one of: "),
+    (["--run-dir", "s3://b/run"], "--run-dir s3://b/run: the run directory (metrics, reports) is local; put the checkpoints on shared storage with --checkpoint-dir s3://b/run"),
     (["--policy", "magic"], "--policy 'magic': unknown policy; choose one of: async, staleness_lr"),
     (["--lr", "-0.1"], "--lr -0.1 is out of range: expected a number > 0"),
     (["--workers", "0"], "--workers 0 is out of range: expected an integer >= 1"),
