@@ -36,7 +36,7 @@ from ..config import TrainConfig
 from ..core import FlatModel, ShardState
 from ..data import Batches, partition
 from ..models import build
-from ..trainer import checkpoint
+from ..trainer import checkpoint, lock
 from ..trainer.divergence import Diverged, DivergenceWatch
 from ..trainer.metrics import RunDirectory, new_run_dir
 from ..trainer.progress import ProgressBar
@@ -143,6 +143,7 @@ class Simulation:
                 "parked": {str(k): v for k, v in self.parked.items()},
                 "done_steps": self.done_steps, "eval_at": self.eval_at, "workers": workers,
                 "rows": {"pushes": self.run.pushes.rows, "evals": self.run.evals.rows}}
+        self.run.flush()  # every row the checkpoint accounts for is on disk before it exists
         return checkpoint.save(self.checkpoints, [s.state_dict() for s in self.shards], meta,
                                extra=extra)
 
@@ -253,4 +254,7 @@ class Simulation:
 
 def simulate(cfg: TrainConfig, log=print) -> dict:
     """Run `cfg` in the simulator and return its summary (the run directory is as a real run's)."""
-    return Simulation(cfg, log=log)()
+    if not cfg.run_dir and not cfg.resume:
+        cfg.run_dir = str(new_run_dir("runs", cfg.model))
+    with lock.hold(cfg.resume or cfg.run_dir, "--resume" if cfg.resume else "--run-dir"):
+        return Simulation(cfg, log=log)()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import time
 
 import numpy as np
@@ -109,6 +110,30 @@ def save(run_dir: str, shard_states: list[dict], meta: dict, keep: int = 2,
     for path in old[:-keep]:
         fs.delete_file(path)
     return name
+
+
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "ceph", "glusterfs",
+                       "beegfs", "9p", "virtiofs")
+
+
+def shared(location: str) -> bool:
+    """Can every node of a cluster read checkpoints at `location`? True for object stores and
+    other remote filesystems (`s3://`, `gs://`, `hdfs://`), and for local paths on a network
+    file system (by /proc/mounts); False for a path on this machine's own disk."""
+    scheme = str(location).split("://")[0] if "://" in str(location) else ""
+    if scheme and scheme != "file":
+        return True
+    path = os.path.realpath(str(location).split("://", 1)[-1])
+    best, kind = "", ""
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                _, mount, fstype = line.split()[:3]
+                if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
+                    best, kind = mount, fstype
+    except OSError:
+        return False
+    return kind in NETWORK_FILESYSTEMS or kind.startswith("fuse.")
 
 
 def exists(run_dir: str) -> bool:

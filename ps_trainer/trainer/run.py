@@ -19,17 +19,20 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig, fault_at
-from ..core import LRSchedule, NesterovMomentum, ParamLayout, PolyakAverage, make_policy
+from ..core import LRSchedule, NesterovMomentum, ParamLayout, PolyakAverage, ShardState, make_policy
 from ..data import load_dataset, partition
 from ..models import build, get_spec
 from .cluster import available_memory, estimate_worker_memory, plan_resources, start_ray
 from .evaluate import evaluate, has_batchnorm, recompute_bn
-from . import checkpoint
+from . import checkpoint, lock, reaper
 from .divergence import DivergenceWatch, Diverged
 from .signals import stop_requested
 from .metrics import RunDirectory, new_run_dir
 from .progress import ProgressBar
 from .summary import summarize
+
+
+FLUSH_EVERY = 60.0  # s between metric flushes (each checkpoint flushes too)
 
 
 @dataclass
@@ -136,13 +139,31 @@ def shard_options(plan: Plan) -> dict:
                 averager=PolyakAverage(cfg.polyak(), round(cfg.polyak_start_epochs * upe)))
 
 
+def initial_checkpoint(plan: Plan) -> None:
+    """Checkpoint 0: the initial weights, written before any shard starts. Every shard loads its
+    slice from the run's latest checkpoint, the first incarnation as much as a restarted one, so a
+    restart needs nothing that lives only in the object store (ray-project/ray#53727)."""
+    cfg = plan.cfg
+    params, buffers = plan.layout.flatten(plan.model)
+    states = [ShardState(s.index, params[s.params[0]:s.params[1]],
+                         buffers[s.buffers[0]:s.buffers[1]], **shard_options(plan)).state_dict()
+              for s in plan.layout.shards(cfg.ps_shards)]
+    zero = {"steps": 0, "images": 0, "loss": float("nan"), "pushes_sent": 0}
+    checkpoint.save(cfg.checkpoint_location(), states, {
+        "model": cfg.model, "fingerprint": plan.layout.fingerprint(), "kind": "ray",
+        "num_params": plan.layout.num_params, "sequence": 0,
+        "workers": {str(i): dict(zero, worker=i) for i in range(cfg.workers)},
+        "rows": {"pushes": 0, "evals": 0}})
+
+
 def make_shards(plan: Plan, resources) -> list:
+    """The shard actors, each loading its slice of the latest checkpoint (see `initial_checkpoint`);
+    their constructor arguments are small, so Ray keeps them for every restart."""
     import ray
 
     from ..transport.ray_shard import ParameterServerShard
 
     cfg = plan.cfg
-    params, buffers = plan.layout.flatten(plan.model)
     actor = ray.remote(ParameterServerShard)
     shards = []
     crash = fault_at(cfg.crash_shard_at)
@@ -153,10 +174,13 @@ def make_shards(plan: Plan, resources) -> list:
         shards.append(actor.options(num_cpus=resources.shard_cpus, max_concurrency=cfg.workers + 4,
                                     max_restarts=cfg.max_shard_failures,
                                     max_task_retries=-1 if cfg.max_shard_failures else 0).remote(
-            s.index, params[s.params[0]:s.params[1]], buffers[s.buffers[0]:s.buffers[1]],
-            **shard_options(plan), publish_every=cfg.publish_every,
+            s.index, **shard_options(plan), publish_every=cfg.publish_every,
             publish_interval=cfg.publish_interval, threads=max(1, int(resources.shard_cpus)),
-            checkpoints=cfg.checkpoint_location(), crash_at=crash[1] if crash[0] == s.index else 0))
+            checkpoints=cfg.checkpoint_location(), sizes=(s.num_params, s.num_buffers),
+            crash_at=crash[1] if crash[0] == s.index else 0))
+    errors = [r["error"] for r in ray.get([a.recovery.remote() for a in shards]) if r]
+    if errors:
+        raise ValueError(f"--checkpoint-dir {cfg.checkpoint_location()}: {errors[0]}")
     return shards
 
 
@@ -238,14 +262,30 @@ def train(cfg: TrainConfig, log=print) -> dict:
         check_memory(plan)
         resources = plan_resources(cfg.workers, cfg.ps_shards, cfg.device,
                                    {"CPU": os.cpu_count(), "GPU": torch.cuda.device_count()})
+    if not cfg.run_dir:
+        cfg.run_dir = str(new_run_dir("runs", cfg.model))
+    with lock.hold(cfg.run_dir, "--resume" if cfg.resume else "--run-dir"):
+        return _train(cfg, plan, local, resources if local else None, log)
+
+
+def _train(cfg: TrainConfig, plan: Plan, local: bool, resources, log) -> dict:
     import ray
 
+    if local:
+        reaper.watch()  # a driver killed with -9 takes its local Ray node's processes with it
     started = start_ray(cfg.address or None)
     actors: list = []
     run = None
     try:
         if not local:
             resources = plan_resources(cfg.workers, cfg.ps_shards, cfg.device, ray.cluster_resources())
+            nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+            if nodes > 1 and not checkpoint.shared(cfg.checkpoint_location()):
+                raise ValueError(
+                    f"--checkpoint-dir {cfg.checkpoint_location()}: this cluster has {nodes} nodes, "
+                    f"and a shard that Ray restarts on another node could not read checkpoints on "
+                    f"this machine's disk; use shared storage (s3://bucket/run, gs://..., or a "
+                    f"network file system mounted on every node)")
         for w in resources.warnings:
             log(f"warning: {w}")
         torch.set_num_threads(max(1, cfg.threads_per_worker))
@@ -256,13 +296,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
             if resumed.get("kind") != "ray":
                 raise ValueError(f"--resume {cfg.resume}: a simulator checkpoint; add --simulate")
             keep = resumed["rows"]
-        if not cfg.run_dir:
-            cfg.run_dir = str(new_run_dir("runs", cfg.model))
         run = RunDirectory(cfg.run_dir, cfg.to_yaml(), keep_rows=keep)
-        shards = make_shards(plan, resources)
+        if not resumed:
+            initial_checkpoint(plan)
+        shards = make_shards(plan, resources)  # each loads its slice of the latest checkpoint
         actors = list(shards)
         if resumed:
-            ray.get([s.load_state_dict.remote(sd) for s, sd in zip(shards, states)])
             log(f"resumed from checkpoint {resumed['sequence']}: shard versions "
                 f"{[sd['version'] for sd in states]}")
         workers = make_workers(plan, shards, resources)
@@ -333,9 +372,14 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
 
     def save_checkpoint() -> None:
         nonlocal sequence
+        if broken:
+            return  # a shard lost its state: the last checkpoint is the last whole one
         states = ray.get([s.state_dict.remote() for s in shards])
+        if any(sd is None for sd in states):
+            return  # a shard is recovering: its restored past does not go with the others' present
         if not watch.healthy() or not all(np.isfinite(sd["params"]).all() for sd in states):
             return  # keep the last good checkpoint: never overwrite it with a diverged state
+        run.flush()  # every row the checkpoint accounts for is on disk before it exists
         sequence += 1
         meta = {"model": cfg.model, "fingerprint": plan.layout.fingerprint(), "kind": "ray",
                 "num_params": plan.layout.num_params, "sequence": sequence,
@@ -344,17 +388,23 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
         checkpoint.save(cfg.checkpoint_location(), states, meta)
 
     shard_restarts: list[dict] = []
+    broken = ""  # why a restarted shard could not restore its state
 
-    def recover() -> None:
+    def recover() -> bool:
         """A shard that Ray restarted has loaded the latest checkpoint: tell it the version to
-        continue from, above any version a worker may have seen, and count what was lost."""
+        continue from, above any version a worker may have seen, and count what was lost.
+        True when every shard is serving."""
+        nonlocal broken
         try:
             infos = ray.get([s.recovery.remote() for s in shards], timeout=10)
         except ray.exceptions.GetTimeoutError:
-            return  # a shard is still coming back; look again next round
+            return False  # a shard is still coming back; look again next round
         for i, info in enumerate(infos):
             if info is None:
                 continue
+            if info["error"]:  # never go on with one shard back at its initial weights
+                broken = f"{info['error']}; the run stops (the last whole checkpoint is kept)"
+                return False
             ids = sorted(alive)
             seen = ray.get([workers[w].versions_seen.remote() for w in ids], timeout=30)
             top = max([info["restored_version"]] + [v[i] for v, _ in seen])
@@ -367,6 +417,7 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
             log(f"\nshard {i} died and came back from checkpoint {info['checkpoint']} at version "
                 f"{info['restored_version']}; at least {top - info['restored_version']} updates "
                 f"since it are lost; versions continue at {floor}")
+        return True
 
     def replace(i: int, error: str) -> None:
         """Worker i's actor died: start another on the same partition for the steps it had left."""
@@ -385,8 +436,11 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
         workers[i] = make_worker(plan, shards, resources, i, crash=False)
         pending[workers[i].run.remote(plan.steps_per_worker - base[i]["steps"])] = i
 
+    last_evals = []
     if not resumed:
-        run.evals.write(evaluator(0, t0))
+        last_evals = evaluator(0, t0)
+        run.evals.write(last_evals)
+    next_flush = time.time() + FLUSH_EVERY
     next_eval = time.time() + cfg.eval_every
     next_checkpoint = time.time() + cfg.checkpoint_every if cfg.checkpoint_every else float("inf")
     every = cfg.checkpoint_steps
@@ -414,6 +468,9 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
                         if restarts else "")
             steps = drain()
             recover()
+            if broken:
+                failure = broken
+                break
             if len(shard_restarts) > cfg.max_shard_failures:
                 failure = f"{len(shard_restarts)} shard failures, more than --max-shard-failures"
             if watch.diverged():
@@ -423,9 +480,13 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
             if cfg.max_time and time.time() - t0 > cfg.max_time and not stopped_for_time:
                 stopped_for_time = True
                 stop_all()
+            if time.time() >= next_flush:  # metrics readable even if the driver is killed
+                run.flush()
+                next_flush = time.time() + FLUSH_EVERY
             if pending and time.time() >= next_eval:
                 e0 = time.time()
-                for r in evaluator(steps, t0):
+                last_evals = evaluator(steps, t0)
+                for r in last_evals:
                     latest[r["weights"]] = r["top1"]
                     run.evals.write([r])
                 # Evaluation shares the CPU with the workers: never let it take over 20% of it.
@@ -453,9 +514,15 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
         ray.wait(list(pending), num_returns=len(pending), timeout=60)
     train_time = time.time() - t0
     steps = drain()
+    deadline = time.time() + 60
+    while not broken and not recover() and time.time() < deadline:
+        time.sleep(0.5)  # a shard that died at the very end: let it come back first
     save_checkpoint()  # every push is in: a resumed run continues from exactly here
-    final = evaluator(steps, t0)
-    run.evals.write(final)
+    if broken and last_evals:  # the weights are not whole: report the last evaluation of them
+        final = last_evals
+    else:
+        final = evaluator(steps, t0)
+        run.evals.write(final)
     shard_stats = ray.get([s.stats.remote() for s in shards])
     run.close()
     summary, table = summarize(plan, final, shard_stats, {i: total(i) for i in progress}, run.path,

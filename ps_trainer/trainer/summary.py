@@ -10,7 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
+
+from .metrics import read_table
 
 
 def summarize(plan, final_evals: list[dict], shard_stats: list[dict], progress: dict,
@@ -18,7 +19,7 @@ def summarize(plan, final_evals: list[dict], shard_stats: list[dict], progress: 
               stopped_for_time: bool = False, lost_rows: dict | None = None,
               shard_restarts: list | None = None) -> tuple[dict, str]:
     cfg = plan.cfg
-    pushes = pq.read_table(run_path / "pushes.parquet",
+    pushes = read_table(run_path / "pushes.parquet",
                            columns=["worker", "staleness", "shard", "version"])
     staleness = np.asarray(pushes.column("staleness").to_numpy())
     staleness = staleness[staleness >= 0]

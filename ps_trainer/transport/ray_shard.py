@@ -8,12 +8,16 @@ versions (and `publish_interval` seconds have passed). Pushes arrive as numpy ar
 zero-copy). The actor is threaded: pulls are answered while a push is being applied, and the
 shard's lock only guards the arrays while they change.
 
-Recovery: the trainer creates shards with `max_restarts`, so Ray restarts a shard whose process
-died, re-running `__init__` with the original arguments. A restarted Ray actor comes back with
-its initial state; this one instead loads its part of the run's latest checkpoint. Until the
-driver has told it the highest version anyone saw (`finish_recovery`), it is *recovering*: worker
-pulls are held (they retry) and pushes are rejected as `recovering` (counted), so no version
-number is ever issued twice.
+Recovery: Ray restarts a shard whose process died by re-running `__init__` with the original
+arguments, and arguments that went through the object store may be gone by then
+(ray-project/ray#53727). So a run's shards are created with small arguments only: the initial
+weights come from the run's checkpoint folder, where the trainer writes checkpoint 0 (the initial
+weights) before any shard starts. The first incarnation loads its slice of that; a restarted one
+loads its slice of the *latest* checkpoint (or says it cannot, naming the file: it never quietly
+starts again from the initial weights while the other shards keep theirs). Until the driver has
+told it the highest version anyone saw (`finish_recovery`), it is *recovering*: worker pulls are
+held (they retry) and pushes are rejected as `recovering` (counted), so no version number is ever
+issued twice. Tests and benchmarks that never restart a shard may pass the arrays directly.
 """
 
 from __future__ import annotations
@@ -32,42 +36,56 @@ from ..core.shard import PushResult, ShardState
 class ParameterServerShard:
     """Wraps one `ShardState`. Create with `ray.remote(ParameterServerShard).options(...)`."""
 
-    def __init__(self, index: int, params: np.ndarray, buffers: np.ndarray, *, optimizer,
-                 schedule, policy, averager, publish_every: int = 1,
-                 publish_interval: float = 0.0, threads: int = 1, checkpoints: str = "",
-                 crash_at: int = 0):
+    def __init__(self, index: int, params: np.ndarray | None = None,
+                 buffers: np.ndarray | None = None, *, optimizer, schedule, policy, averager,
+                 publish_every: int = 1, publish_interval: float = 0.0, threads: int = 1,
+                 checkpoints: str = "", sizes: tuple[int, int] = (0, 0), crash_at: int = 0):
         import torch
 
         torch.set_num_threads(threads)
-        self.state = ShardState(index, params, buffers, optimizer=optimizer, schedule=schedule,
-                                policy=policy, averager=averager)
-        self.recovering: dict | None = None
-        self.crash_at = crash_at  # fault injection (--crash-shard-at): exit at this version
         with warnings.catch_warnings():  # Ray marks the property deprecated, with no successor yet
             warnings.simplefilter("ignore")
             restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        if restarted:
-            self.crash_at = 0
-            self.recovering = self._restore(checkpoints)
+        self.recovering: dict | None = None
+        self.crash_at = 0 if restarted else crash_at  # --crash-shard-at: exit at this version
+        sd, error = (None, "") if params is not None else self._slice(index, checkpoints)
+        if sd is not None:
+            params, buffers = sd["params"], sd["buffers"]
+        elif params is None:  # nothing to serve: hold every pull until the driver stops the run
+            params, buffers = np.zeros(sizes[0], np.float32), np.zeros(sizes[1], np.float32)
+        self.state = ShardState(index, params, buffers, optimizer=optimizer, schedule=schedule,
+                                policy=policy, averager=averager)
+        if sd is not None:
+            self.state.load_state_dict(sd)
+        if restarted or error:
+            self.recovering = {"shard": index, "checkpoint": self.sequence,
+                               "restored_version": self.state.version, "error": error}
         self.publish_every = publish_every  # versions between published snapshots
         self.publish_interval = publish_interval  # s, at least this long between publications
         self._published: dict[bool, tuple] = {}  # averaged -> ([ref], version, time)
         self._publish_lock = threading.Lock()
         self.publications = 0
 
-    def _restore(self, checkpoints: str) -> dict:
-        """After a restart: this shard's state from the latest checkpoint, if there is one."""
+    def _slice(self, index: int, checkpoints: str, tries: int = 3) -> tuple[dict | None, str]:
+        """This shard's state in the latest checkpoint under `checkpoints`, or (None, why not).
+        Read again on failure: the driver may be replacing the latest one at this very moment."""
         from ..trainer import checkpoint
 
-        if checkpoints and checkpoint.exists(checkpoints):
-            states, meta = checkpoint.load(checkpoints)
-            self.state.load_state_dict(next(sd for sd in states if sd["index"] == self.state.index))
-            return {"shard": self.state.index, "checkpoint": meta["sequence"],
-                    "restored_version": self.state.version}
-        return {"shard": self.state.index, "checkpoint": None, "restored_version": 0}
+        self.sequence = None
+        error = f"no checkpoint folder was given to shard {index}"
+        for attempt in range(tries if checkpoints else 0):
+            try:
+                states, meta = checkpoint.load(checkpoints)
+                self.sequence = meta["sequence"]
+                return next(sd for sd in states if sd["index"] == index), ""
+            except (ValueError, OSError, StopIteration) as e:
+                error = f"shard {index} cannot read its checkpoint: {e or 'not in it'}"
+                time.sleep(0.5 * (attempt + 1))
+        return None, error
 
     def recovery(self) -> dict | None:
-        """What this shard was restored from, while it waits for `finish_recovery`; else None."""
+        """What this shard was restored from, while it waits for `finish_recovery`; else None.
+        A non-empty "error" means it could not restore its state and must not be used."""
         return self.recovering
 
     def finish_recovery(self, version: int, clocks: dict[int, int]) -> dict:
@@ -131,38 +149,56 @@ class ParameterServerShard:
         return {**self.state.stats(), "publications": self.publications,
                 "recovering": self.recovering}
 
-    def state_dict(self) -> dict:
-        return self.state.state_dict()
+    def state_dict(self) -> dict | None:
+        """The state to checkpoint, or None while recovering (a checkpoint must not mix this
+        shard's restored past with the others' present)."""
+        return None if self.recovering else self.state.state_dict()
 
     def load_state_dict(self, sd: dict) -> None:
         self.state.load_state_dict(sd)
         self._published.clear()
 
 
-class RayClient:
-    """PS client over shard actor handles: pulls every shard concurrently, pushes asynchronously."""
+class Stopped(Exception):
+    """The worker was told to stop while a shard held its pull."""
 
-    def __init__(self, shards: list):
+
+class RayClient:
+    """PS client over shard actor handles: pulls every shard concurrently, pushes asynchronously.
+
+    A shard that dies is restarted by Ray, which retries the calls in flight to it; the snapshot
+    a dead incarnation published dies with it (it owned the object), so a pull that finds its
+    snapshot gone simply asks again. `stop` (a threading.Event): give up a held pull once set."""
+
+    def __init__(self, shards: list, stop: threading.Event | None = None):
         self.shards = shards
+        self.stop = stop
         self.last_wait = 0.0  # s the last pull waited for a coordinating policy
 
     def pull(self, averaged: bool = False, worker: int | None = None,
              clock: int = 0) -> list[tuple[np.ndarray, int]]:
-        """Every shard's snapshot, requested concurrently; shards that hold the pull for a
-        coordinating policy are asked again until they let it through."""
+        """Every shard's snapshot, requested concurrently; shards that hold the pull (for a
+        coordinating policy, or while recovering) are asked again until they let it through."""
         t0 = time.perf_counter()
-        metas = ray.get([s.pull.remote(averaged, worker, clock) for s in self.shards])
-        retried = False
-        while any(m is None for m in metas):
-            retried = True
-            waiting = [i for i, m in enumerate(metas) if m is None]
-            for i, m in zip(waiting, ray.get([self.shards[i].pull.remote(averaged, worker, clock)
-                                              for i in waiting])):
-                metas[i] = m
+        while True:
+            metas = ray.get([s.pull.remote(averaged, worker, clock) for s in self.shards])
+            retried = False
+            while any(m is None for m in metas):
+                if self.stop is not None and self.stop.is_set():
+                    raise Stopped()
+                retried = True
+                waiting = [i for i, m in enumerate(metas) if m is None]
+                for i, m in zip(waiting, ray.get([self.shards[i].pull.remote(averaged, worker, clock)
+                                                  for i in waiting])):
+                    metas[i] = m
+            try:
+                arrays = ray.get([m[1][0] for m in metas])  # zero-copy, read-only numpy
+                break
+            except ray.exceptions.ObjectLostError:  # its shard died after publishing it
+                time.sleep(0.05)
         # The time the shards held it, not the round trip every pull pays.
         self.last_wait = (time.perf_counter() - t0 if retried
                           else max(m[2] for m in metas))
-        arrays = ray.get([m[1][0] for m in metas])  # zero-copy, read-only numpy
         return [(a, m[0]) for a, m in zip(arrays, metas)]
 
     def push(self, shard: int, grad: np.ndarray, version_read: int, worker: int,

@@ -16,7 +16,7 @@ import torch
 from ..core.layout import FlatModel, ShardSpec
 from ..data.datasets import Batches
 from ..models import build
-from ..transport.ray_shard import RayClient
+from ..transport.ray_shard import RayClient, Stopped
 from .worker import Worker
 
 
@@ -31,9 +31,9 @@ class WorkerActor:
         dev = "cuda" if device == "cuda" else "cpu"
         flat = FlatModel(model, device=dev)
         batches = Batches(x, y, batch_size, seed=seed * 1000 + worker_id)
-        self.worker = Worker(worker_id, flat, specs, RayClient(shards), batches,
-                             in_channels=in_channels, device=dev, **options)
         self._stop = threading.Event()
+        self.worker = Worker(worker_id, flat, specs, RayClient(shards, stop=self._stop), batches,
+                             in_channels=in_channels, device=dev, **options)
         self.crash_at = crash_at  # fault injection (--crash-worker-at): exit the process here
         self.started = self.finished = 0.0
 
@@ -45,7 +45,10 @@ class WorkerActor:
                 break
             if self.crash_at and self.worker.step_count == self.crash_at:
                 os._exit(1)  # a real process death, as an OOM kill or a lost machine would be
-            self.worker.step()
+            try:
+                self.worker.step()
+            except Stopped:  # told to stop while a shard held its pull: the step never began
+                break
         self.worker.flush()
         self.worker.client.retire(self.worker.id)  # SSP/BSP: nobody waits for a finished worker
         self.finished = time.time()
