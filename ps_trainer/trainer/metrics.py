@@ -49,12 +49,15 @@ class ParquetLog:
     makes the table unreadable. The driver flushes at every checkpoint (and every minute), so a
     resumed run finds on disk every row its checkpoint accounts for.
 
-    `keep` (resuming a run): keep only the first `keep` rows already written (the rows the
-    checkpoint accounts for; later ones belong to work the checkpoint does not have)."""
+    `keep` (resuming a run): the rows the checkpoint accounts for (later ones belong to work the
+    checkpoint does not have): a count of first rows, or, for pushes, {(worker, shard): n}, the
+    first n rows of each worker and shard (a checkpoint taken while pushes are in flight has a
+    count per shard, not a clean cut of the table). `kept` says how many of each were found."""
 
-    def __init__(self, path: Path, schema: pa.Schema, keep: int | None = None):
+    def __init__(self, path: Path, schema: pa.Schema, keep: int | dict | None = None):
         self.path, self.schema = Path(path), schema
         self.rows = 0
+        self.kept: dict = {}
         self.writer = None
         _recover_swap(self.path)
         if self.path.is_file():  # a table from before parts: becomes part 0
@@ -66,11 +69,12 @@ class ParquetLog:
                 hidden.unlink()
             if keep:
                 try:
-                    self.rows = _truncate(self.path, schema, keep)
+                    self.kept = _truncate(self.path, schema, keep)
                 except (OSError, pa.ArrowInvalid) as e:
                     raise ValueError(f"{self.path} cannot be read to resume ({e}); move it away "
                                      f"to resume without the metrics before the checkpoint") from None
-                if self.rows < keep:
+                self.rows = sum(self.kept.values())
+                if isinstance(keep, int) and self.rows < keep:
                     raise ValueError(f"{self.path} holds {self.rows} rows but the checkpoint "
                                      f"accounts for {keep}; move it away to resume without the "
                                      f"metrics before the checkpoint")
@@ -116,21 +120,29 @@ def _recover_swap(path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _truncate(path: Path, schema: pa.Schema, keep: int) -> int:
-    """Keep the first `keep` rows of the table in `path`, streamed (one batch in memory at a
-    time). The kept rows are written to `<path>.new/` first, then swapped in by two renames, so a
-    crash leaves either the old table or the new one (`_recover_swap` finishes the swap)."""
+def _truncate(path: Path, schema: pa.Schema, keep: int | dict) -> dict:
+    """Keep the rows `keep` names (see `ParquetLog`) of the table in `path`, streamed (one batch
+    in memory at a time); returns how many were kept ({None: n}, or per (worker, shard)). The
+    kept rows are written to `<path>.new/` first, then swapped in by two renames, so a crash
+    leaves either the old table or the new one (`_recover_swap` finishes the swap)."""
     new, old = path.with_name(path.name + ".new"), path.with_name(path.name + ".old")
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir()
-    kept = 0
+    kept: dict = {None: 0} if isinstance(keep, int) else dict.fromkeys(keep, 0)
     with pq.ParquetWriter(new / _part(1), schema) as w:
         for batch in iter_batches(path):
-            if kept >= keep:
-                break
-            batch = batch.slice(0, keep - kept)
-            w.write_table(pa.Table.from_batches([batch]).cast(schema))
-            kept += batch.num_rows
+            if isinstance(keep, int):
+                batch = batch.slice(0, keep - kept[None])
+                kept[None] += batch.num_rows
+            else:
+                mask = []
+                for key in zip(batch.column("worker").to_pylist(), batch.column("shard").to_pylist()):
+                    mask.append(kept.get(key, 0) < keep.get(key, 0))
+                    if mask[-1]:
+                        kept[key] += 1
+                batch = batch.filter(pa.array(mask, pa.bool_()))
+            if batch.num_rows:
+                w.write_table(pa.Table.from_batches([batch]).cast(schema))
     path.rename(old)
     new.rename(path)
     shutil.rmtree(old)

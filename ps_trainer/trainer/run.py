@@ -295,7 +295,11 @@ def _train(cfg: TrainConfig, plan: Plan, local: bool, resources, log) -> dict:
                                               fingerprint=plan.layout.fingerprint())
             if resumed.get("kind") != "ray":
                 raise ValueError(f"--resume {cfg.resume}: a simulator checkpoint; add --simulate")
-            keep = resumed["rows"]
+            # What the shards recorded per worker: the checkpoint's own count of each worker's pushes
+            # (taken while pushes were in flight, so it is a count per shard, not a cut of time).
+            resumed["counts"] = {(int(w), sd["index"]): sum(c.values())
+                                 for sd in states for w, c in sd["worker_counters"].items()}
+            keep = {"pushes": resumed["counts"], "evals": resumed["rows"]["evals"]}
         run = RunDirectory(cfg.run_dir, cfg.to_yaml(), keep_rows=keep)
         if not resumed:
             initial_checkpoint(plan)
@@ -332,10 +336,15 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
     progress = {i: dict(zero, worker=i) for i in range(len(workers))}  # this incarnation's
     # What earlier sessions (a resumed run) and dead incarnations did, per worker.
     base = {i: dict(zero, worker=i) for i in range(len(workers))}
-    for i, b in (resumed or {}).get("workers", {}).items():
-        base[int(i)].update(steps=b["steps"], images=b["images"], pushes_sent=b["pushes_sent"])
-    rows_written = {i: base[i]["pushes_sent"] for i in base}
-    lost_rows = {i: 0 for i in base}  # rows a dead worker's process took with it
+    rows_written = {i: 0 for i in base}
+    lost_rows = {i: 0 for i in base}  # rows a dead worker's process (or driver) took with it
+    if resumed:  # the checkpoint's counts are the truth; rows it has and the table lacks are lost
+        for i in base:
+            counts = [resumed["counts"].get((i, s), 0) for s in range(cfg.ps_shards)]
+            steps = min(counts) * cfg.push_every  # steps whose pushes reached every shard
+            base[i].update(steps=steps, images=steps * cfg.batch_size, pushes_sent=sum(counts))
+            rows_written[i] = sum(n for (w, _), n in run.pushes.kept.items() if w == i)
+            lost_rows[i] = base[i]["pushes_sent"] - rows_written[i]
     restarts: list[str] = []
     sequence = (resumed or {}).get("sequence", 0)
     latest = {"raw": float("nan"), "polyak": float("nan")}
