@@ -59,3 +59,30 @@ def test_small_images_are_upsampled_to_the_models_minimum():
     assert prepare(TrainConfig(model="resnet18", workers=2).validate()).image_size == 8
     with pytest.raises(ValueError, match="--image-size 4 is too small for googlenet in training"):
         prepare(TrainConfig(model="googlenet", image_size=4).validate())
+
+
+@pytest.mark.slow
+def test_a_cluster_of_several_nodes_refuses_a_checkpoint_dir_on_local_disk(tmp_path, capsys):
+    """A shard restarted on another node could not read this machine's disk: refused at start,
+    before any actor, naming the flag and why (two real Ray nodes on this machine)."""
+    from ray.cluster_utils import Cluster
+
+    from ps_trainer.cli import main
+    from ps_trainer.trainer.checkpoint import shared
+
+    assert shared("s3://bucket/run") and shared("gs://b/r") and not shared(str(tmp_path))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        for where in (str(tmp_path / "ckpt"), f"file://{tmp_path}/ckpt"):
+            rc = main(["--address", cluster.address, "--model", "digits_cnn_small", "--workers", "2",
+                       "--no-progress", "--run-dir", str(tmp_path / "run"),
+                       "--checkpoint-dir", where])
+            err = capsys.readouterr().err
+            assert rc == 2 and f"--checkpoint-dir {where}: this cluster has 2 nodes" in err, err
+            assert not (tmp_path / "ckpt").exists()  # refused before anything was written
+    finally:
+        import ray
+
+        ray.shutdown()
+        cluster.shutdown()
