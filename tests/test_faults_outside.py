@@ -220,3 +220,19 @@ def test_a_restarted_shard_that_cannot_read_its_checkpoint_stops_the_run_naming_
     s = summary(run.dir)
     assert s["shard_restarts"] == []  # it never went on from the initial weights
     assert json.loads((run.dir / "checkpoints" / "LATEST.json").read_text()) == latest  # kept
+
+
+def test_a_shard_killed_with_no_restarts_allowed_stops_the_run_with_a_message(tmp_path):
+    run = Run(tmp_path / "run", "--epochs", "12", "--checkpoint-every", "2",
+              "--max-shard-failures", "0")
+    try:
+        run.wait_for(run.checkpoint_written, message="checkpoint 1")
+        run.kill("ray::ParameterServerShard")
+        assert run.finish(120) == 1, run.output()
+    finally:
+        run.close()
+    out = run.output()
+    assert "--max-shard-failures 0 allows no more restarts" in out, out
+    assert "Traceback" not in out
+    s = summary(run.dir)
+    assert s["worker_restarts"] == [] and not s["accounted"]  # the dead shard's counts are lost

@@ -377,7 +377,11 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
     def stop_all() -> None:
         ray.get([workers[i].stop.remote() for i in sorted(alive)], timeout=30)
         # A worker held in a pull by SSP/BSP must not wait for workers that will never push.
-        ray.get([s.retire.remote(i) for s in shards for i in range(len(workers))], timeout=30)
+        for s in shards:
+            try:
+                ray.get([s.retire.remote(i) for i in range(len(workers))], timeout=30)
+            except ray.exceptions.RayActorError:
+                pass  # a shard gone for good: nobody waits on it
 
     def save_checkpoint() -> None:
         nonlocal sequence
@@ -408,6 +412,11 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
             infos = ray.get([s.recovery.remote() for s in shards], timeout=10)
         except ray.exceptions.GetTimeoutError:
             return False  # a shard is still coming back; look again next round
+        except ray.exceptions.RayActorError as e:  # died with no restarts left
+            broken = (f"a parameter-server shard died and --max-shard-failures "
+                      f"{cfg.max_shard_failures} allows no more restarts "
+                      f"({str(e).strip().splitlines()[0].split('. ')[0]})")
+            return False
         for i, info in enumerate(infos):
             if info is None:
                 continue
@@ -459,6 +468,9 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
     with stop_requested() as stop_signal, bar:
         while pending and not failure and not stop_signal:
             done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.5)
+            if done and not recover() and broken:
+                failure = broken  # workers fail when a shard is gone for good: not theirs to restart
+                break
             for ref in done:
                 i = pending.pop(ref)
                 try:
@@ -532,7 +544,12 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
     else:
         final = evaluator(steps, t0)
         run.evals.write(final)
-    shard_stats = ray.get([s.stats.remote() for s in shards])
+    shard_stats = []
+    for i, s in enumerate(shards):
+        try:
+            shard_stats.append(ray.get(s.stats.remote()))
+        except ray.exceptions.RayActorError:  # gone for good: what it recorded is lost with it
+            shard_stats.append({"shard": i, "version": -1, "counters": {}, "worker_counters": {}})
     run.close()
     summary, table = summarize(plan, final, shard_stats, {i: total(i) for i in progress}, run.path,
                                train_time, interrupted=interrupted,
