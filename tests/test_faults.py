@@ -52,7 +52,9 @@ def test_ctrl_c_checkpoints_and_resume_continues_versions_and_schedule(tmp_path)
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     latest = run / "checkpoints" / "LATEST.json"
     deadline = time.time() + 120
-    while not latest.is_file() and time.time() < deadline:
+    # checkpoint 0 (the initial weights) is there from the start: wait for a periodic one
+    while not (latest.is_file() and json.loads(latest.read_text())["sequence"] >= 1) \
+            and time.time() < deadline:
         time.sleep(0.1)
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
