@@ -10,22 +10,69 @@ lists the zoo.
     ps-train export runs/RUN --weights polyak --out model.pt
 
 Flags are generated from `TrainConfig`, so `--help` always shows every setting and its default.
-Bad flags fail before Ray starts, naming the flag and what is allowed.
+
+Whatever goes wrong ends as one line on stderr and an exit status, never a traceback:
+- 2, bad input (a ValueError): `ps-train: error: --FLAG VALUE: what is wrong; what is allowed`,
+  before Ray or any actor starts (`--dry-run` runs every such check and stops there);
+- 1, a run that failed (a RuntimeError; what it did is in its run directory);
+- 1, an internal error (anything else, a bug): its type and message, and the file that holds the
+  traceback (`<run dir>/error.log`, or a `ps-train-*.log` in the temp folder);
+- 130, Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
+import difflib
+import os
+import re
 import sys
+import tempfile
+import traceback
+from pathlib import Path
 
 from .config import TrainConfig
 
 SUBCOMMANDS = ("train", "models", "sweep", "report", "export")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad command line raises ValueError naming the flag (one line, exit 2 in
+    `main`) instead of printing the usage and exiting."""
+
+    def error(self, message: str):
+        if m := re.match(r"argument (\S+): expected one argument", message):
+            raise ValueError(f"{m[1]}: expected a value after it: {m[1]} VALUE")
+        if m := re.match(r"ambiguous option: (\S+) could match (.*)", message):
+            raise ValueError(f"{m[1]}: ambiguous, could be any of {m[2]}; write it out")
+        if m := re.match(r"argument (\S+): (.*)", message):
+            raise ValueError(f"{m[1].split('/')[0]}: {m[2]}")
+        raise ValueError(message)
+
+    def parse_args(self, args=None, namespace=None):
+        known, extra = self.parse_known_args(args, namespace)
+        if extra:
+            flags = [s for a in self._actions for s in a.option_strings]
+            close = difflib.get_close_matches(extra[0].split("=")[0], flags, n=1)
+            raise ValueError(f"{extra[0]}: " + (
+                "unknown flag" + (f"; did you mean {close[0]}?" if close else "") if
+                extra[0].startswith("-") else "unexpected argument; settings are given as "
+                "--flag VALUE") + f" (`{self.prog} --help` lists them)")
+        return known
+
+
+class _Switch(argparse.Action):
+    """A bool setting, `--flag` or `--flag VALUE` (true/false, yes/no, on/off, 1/0, as in a YAML
+    file); `--no-flag` is its own action. The value stays a string: `TrainConfig` judges it."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        setattr(namespace, self.dest, "true" if value is None else value)
+
+
 def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="ps-train", description="Asynchronous SGD on a sharded parameter server built from "
         "Ray actors (DistBelief / Downpour SGD). Sub-commands: `ps-train models` lists the zoo; "
         "`ps-train sweep SPEC.yaml` runs a grid of runs; `ps-train report DIR` plots a run or sweep.",
@@ -35,20 +82,35 @@ def train_parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         helptext = f.metadata.get("help", "")
         if isinstance(f.default, bool):
-            p.add_argument(flag, default=argparse.SUPPRESS, action=argparse.BooleanOptionalAction,
-                           help=f"{helptext} (default: {f.default})")
+            p.add_argument(flag, default=argparse.SUPPRESS, action=_Switch, nargs="?",
+                           metavar="BOOL", help=f"{helptext} (default: {f.default}; "
+                                                f"--no-{flag[2:]} for false)")
+            p.add_argument("--no-" + flag[2:], dest=f.name, action="store_const",
+                           const="false", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         else:
             p.add_argument(flag, default=argparse.SUPPRESS, type=str, metavar=type(f.default).__name__.upper(),
                            help=f"{helptext} (default: {f.default!r})")
     return p
 
 
+def _attach_values(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """`--lr -inf`, `--epochs -1e300`: argparse takes a token starting with '-' for a flag unless
+    it looks like a plain negative number; after a flag that takes a value, it is that value."""
+    takes_value = {s for a in parser._actions if a.nargs != 0 for s in a.option_strings}
+    out = []
+    for token in argv:
+        if out and out[-1] in takes_value and re.match(r"-[^-]", token) and token != "-h":
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def config_from_args(argv: list[str]) -> TrainConfig:
-    args = vars(train_parser().parse_args(argv))
+    parser = train_parser()
+    args = vars(parser.parse_args(_attach_values(argv, parser)))
     path = args.pop("config")
     if args.get("resume") and not path:  # the run's own settings, flags over them
-        from pathlib import Path
-
         path = Path(args["resume"]) / "config.yaml"
         if not path.is_file():
             raise ValueError(f"--resume {args['resume']}: not a run directory (no config.yaml)")
@@ -59,7 +121,7 @@ def config_from_args(argv: list[str]) -> TrainConfig:
 
 
 def cmd_models(argv: list[str]) -> int:
-    argparse.ArgumentParser(prog="ps-train models", description="List the model zoo.").parse_args(argv)
+    ArgumentParser(prog="ps-train models", description="List the model zoo.").parse_args(argv)
     import signal
 
     from . import models
@@ -80,46 +142,90 @@ def cmd_harness(name: str, argv: list[str]) -> int:
     """`ps-train sweep SPEC`, `ps-train report DIR` (the staleness harness), `ps-train export`."""
     from importlib import import_module
 
+    package = ".trainer" if name == "export" else ".harness"
+    return import_module(f"{package}.{name}", __package__).main(argv)
+
+
+def cmd_train(argv: list[str], context: dict) -> int:
+    """Check everything that can be checked (the settings, then the data, the model and the
+    places the run writes), then run, in the simulator or on Ray. `context['cfg']` is the
+    config once known (its run directory takes the traceback of an internal error)."""
+    cfg = context["cfg"] = config_from_args(argv).validate()
+    if cfg.resume:
+        from .trainer import checkpoint
+
+        if not checkpoint.exists(cfg.checkpoint_location()):
+            raise ValueError(f"--resume {cfg.resume}: no checkpoint in "
+                             f"{cfg.checkpoint_location()}/checkpoints")
+    from .trainer import preflight
+    from .trainer.run import prepare
+
+    plan = prepare(cfg)  # the data and the model; train() takes no plan, so it prepares again
+    preflight.check_plan(plan)
+    preflight.check_locations(cfg)
+    where = preflight.check_where(plan)  # the memory here, or that the cluster answers
+    if cfg.dry_run:
+        print(preflight.describe(plan, where))
+        return 0
+    del plan
+    if cfg.simulate:
+        from .harness.simulate import simulate as run
+    else:
+        from .trainer import train as run
+    summary = run(cfg, log=lambda s: print(s, flush=True))
+    return 130 if summary.get("interrupted") else 0
+
+
+def guarded(prog: str, argv: list[str], command, run_dir=lambda: "") -> int:
+    """`command()` (the sub-command `prog` on `argv`), with whatever goes wrong turned into one
+    line on stderr and an exit status (see the module docstring). `run_dir()` is where an
+    internal error's traceback goes, if that folder exists by then."""
     try:
-        package = ".trainer" if name == "export" else ".harness"
-        return import_module(f"{package}.{name}", __package__).main(argv)
-    except ValueError as e:
-        print(f"ps-train {name}: error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        print(f"ps-train {name}: error: {e}", file=sys.stderr)
-        return 1
+        return command()
+    except ValueError as e:  # bad input: nothing was started
+        return _fail(f"{prog}: error: {e}", 2)
+    except RuntimeError as e:  # the run failed; what it did is in its run directory
+        return _fail(f"{prog}: error: {e}", 1)
+    except KeyboardInterrupt:  # a run handles Ctrl-C itself: this one came before or after it
+        return _fail(f"{prog}: interrupted (Ctrl-C)", 130)
+    except Exception as e:  # noqa: BLE001 - a bug: one line here, the traceback in a file
+        log = _write_traceback(e, run_dir(), ["ps-train", *argv])
+        return _fail(f"{prog}: internal error: {type(e).__name__}: {e} (the traceback is in "
+                     f"{log})", 1)
+
+
+def _fail(message: str, status: int) -> int:
+    print(" ".join(message.split()), file=sys.stderr)  # one line, whatever the message held
+    return status
+
+
+def _write_traceback(e: BaseException, run_dir: str, command: list) -> str:
+    """Append `e`'s traceback to <run_dir>/error.log if the run directory exists, else to a new
+    ps-train-<stamp>-<pid>.log in the temp folder; returns the file's path."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    text = f"{stamp} {' '.join(command)}\n{''.join(traceback.format_exception(e))}\n"
+    places = [Path(run_dir) / "error.log"] if run_dir and Path(run_dir).is_dir() else []
+    places.append(Path(tempfile.gettempdir()) / f"ps-train-{stamp}-{os.getpid()}.log")
+    for path in places:
+        try:
+            with open(path, "a") as f:
+                f.write(text)
+            return str(path)
+        except OSError:
+            continue
+    return "no file: none could be written"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "models":
-        return cmd_models(argv[1:])
+        return guarded("ps-train models", argv, lambda: cmd_models(argv[1:]))
     if argv and argv[0] in ("sweep", "report", "export"):
-        return cmd_harness(argv[0], argv[1:])
-    if argv and argv[0] == "train":
-        argv = argv[1:]
-    try:
-        cfg = config_from_args(argv).validate()
-        if cfg.resume:
-            from .trainer import checkpoint
-
-            if not checkpoint.exists(cfg.checkpoint_location()):
-                raise ValueError(f"--resume {cfg.resume}: no checkpoint in "
-                                 f"{cfg.checkpoint_location()}/checkpoints")
-        if cfg.simulate:
-            from .harness.simulate import simulate as run
-        else:
-            from .trainer import train as run
-
-        summary = run(cfg, log=lambda s: print(s, flush=True))
-    except ValueError as e:  # bad settings: nothing was started
-        print(f"ps-train: error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:  # the run failed; what it did is in its run directory
-        print(f"ps-train: error: {e}", file=sys.stderr)
-        return 1
-    return 130 if summary.get("interrupted") else 0
+        return guarded(f"ps-train {argv[0]}", argv, lambda: cmd_harness(argv[0], argv[1:]))
+    settings = argv[1:] if argv[:1] == ["train"] else argv
+    context: dict = {}
+    return guarded("ps-train", argv, lambda: cmd_train(settings, context),
+                   run_dir=lambda: context["cfg"].run_dir if "cfg" in context else "")
 
 
 if __name__ == "__main__":

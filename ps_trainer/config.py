@@ -7,11 +7,30 @@ allowed. The resolved config is written into every run directory (`config.yaml`)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+# Upper bounds of the settings. Each is far above any real use; it is there so that a typo (or
+# 1e300, or inf) is refused here, in a second, not met later as an overflow, a huge allocation or
+# a run that never ends.
+MAX_SECONDS = 30 * 24 * 3600.0  # s: a month is longer than any run here; time.sleep() (a worker's
+#                                 injected delay) overflows near 1e10 s
+MAX_EPOCHS = 1e6  # ImageNet recipes take ~100 epochs; keeps step counts far inside int64
+MAX_FACTOR = 1e3  # lr, weight decay, loss weights, DC lambda, slowdown: 30x the largest base
+#                   rate in the literature (LARS, ~30); above it float32 weights overflow at once
+MAX_IMAGE_SIZE = 1024  # px: 3.4x the zoo's largest paper size (Inception's 299); 100000 would
+#                        make one synthetic image 120 GB
+MAX_RESTARTS = 1000  # Ray takes max_restarts as a C integer; a thousand deaths have a cause to fix
+MAX_THREADS = 1024  # torch.set_num_threads takes a C int; no machine Ray runs on has more cores
+MAX_EVALS = 10_000  # sim_evals, bn_batches: each is evaluation work (the simulator even lists its
+#                     evaluation points up front); more is a run of evaluations, not of training
+MAX_SEED = 2**32 - 1  # numpy's limit for a seed
+MAX_INT = 2**63 - 1  # any count: numpy, Parquet and Ray store them as int64
 
 
 def _f(default, help: str, **kw):
@@ -116,6 +135,8 @@ class TrainConfig:
     seed: int = _f(0, "seed of initialization, data split, partitions and batch order")
     run_dir: str = _f("", "run directory; empty = a new folder under ./runs/")
     progress: bool = _f(True, "show the progress bar")
+    dry_run: bool = _f(False, "check every setting, the data, the memory estimate and the output "
+                              "locations, print the plan, and start nothing")
 
     CHOICES = {"dataset": ("digits", "synthetic", "cifar10", "npz"), "lr_schedule": ("constant", "step"),
                "device": ("auto", "cpu", "cuda"),
@@ -130,22 +151,34 @@ class TrainConfig:
     def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> "TrainConfig":
         p = Path(path)
         if not p.is_file():
-            raise ValueError(f"--config {path}: no such file")
-        raw = yaml.safe_load(p.read_text()) or {}
+            raise ValueError(f"--config {path}: " + ("not a file" if p.exists() else "no such file"))
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"--config {path}: cannot be read ({e})") from None
+        except yaml.YAMLError as e:  # the parser's own text is several lines, with a caret
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ValueError(f"--config {path}: not valid YAML ({problem}{where}); expected "
+                             f"'setting: value' lines, e.g. 'workers: 4'") from None
         if not isinstance(raw, dict):
-            raise ValueError(f"--config {path}: expected a mapping of settings, got {type(raw).__name__}")
-        return cls.from_dict({**raw, **(overrides or {})}, source=str(path))
+            raise ValueError(f"--config {path}: expected a mapping of settings, got "
+                             f"{type(raw).__name__}")
+        cfg = cls.from_dict(raw, source=f"--config {path}")
+        return cls.from_dict(overrides or {}, source="flags", base=cfg)
 
     @classmethod
-    def from_dict(cls, values: dict, source: str = "settings") -> "TrainConfig":
+    def from_dict(cls, values: dict, source: str = "settings",
+                  base: "TrainConfig | None" = None) -> "TrainConfig":
         known = {f.name: f for f in cls.fields()}
-        cfg = cls()
+        cfg = dataclasses.replace(base) if base is not None else cls()
         for key, value in values.items():
-            name = key.replace("-", "_")
+            name = str(key).replace("-", "_")
             if name not in known:
                 raise ValueError(f"{source}: unknown setting {key!r}; known settings: "
                                  f"{', '.join(sorted(known))}")
-            setattr(cfg, name, _coerce(name, value, known[name].default))
+            setattr(cfg, name, _coerce(name, value, known[name].default, source))
         return cfg
 
     def to_dict(self) -> dict:
@@ -172,9 +205,13 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         from .core.policy import POLICIES
-        from .models import get_spec
+        from .models import list_models, get_spec
 
-        get_spec(self.model)  # raises: unknown model 'x'; choose one of: ...
+        try:
+            get_spec(self.model)
+        except ValueError:
+            raise ValueError(f"--model {self.model!r}: unknown model; choose one of: "
+                             f"{', '.join(list_models())}") from None
         for name, allowed in self.CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one "
@@ -182,65 +219,95 @@ class TrainConfig:
         if self.policy not in POLICIES:
             raise ValueError(f"--policy {self.policy!r}: unknown policy; choose one of: "
                              f"{', '.join(POLICIES)}")
-        _check(self.workers >= 1, "workers", self.workers, "an integer >= 1")
-        _check(self.ps_shards >= 1, "ps-shards", self.ps_shards, "an integer >= 1")
-        _check(self.batch_size >= 1, "batch-size", self.batch_size, "an integer >= 1")
-        _check(self.epochs > 0, "epochs", self.epochs, "a number > 0")
-        _check(self.max_time >= 0, "max-time", self.max_time, "seconds >= 0 (0 = no limit)")
-        _check(self.lr > 0, "lr", self.lr, "a number > 0")
-        _check(0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
-        _check(self.weight_decay >= 0, "weight-decay", self.weight_decay, "a number >= 0")
-        _check(0 < self.lr_decay <= 1, "lr-decay", self.lr_decay, "a number in (0, 1]")
-        _check(self.lr_decay_epochs > 0, "lr-decay-epochs", self.lr_decay_epochs, "a number > 0")
-        _check(self.warmup_epochs >= 0, "warmup-epochs", self.warmup_epochs, "a number >= 0")
+        for name, (ok, allowed) in self._ranges().items():
+            _check(ok(getattr(self, name)), name.replace("_", "-"), getattr(self, name), allowed)
+        # Whatever the table says, no float setting may be NaN or infinite (a NaN passes no
+        # comparison, but `inf > 0` holds), and no count may leave int64 (numpy, Parquet, Ray).
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(f.default, float) and not math.isfinite(value):
+                _check(False, f.name.replace("_", "-"), value, "a finite number")
+            if type(f.default) is int and not -MAX_INT <= value <= MAX_INT:
+                _check(False, f.name.replace("_", "-"), value, "an integer below 2**63")
         try:
             decay = self.polyak()
         except ValueError:
             decay = -1.0
         _check(decay is None or 0 < decay < 1, "polyak-decay", self.polyak_decay,
                "a number in (0, 1) or 'mean'")
-        _check(self.polyak_start_epochs >= 0, "polyak-start-epochs", self.polyak_start_epochs, ">= 0")
-        _check(self.label_smoothing == -1 or 0 <= self.label_smoothing < 1, "label-smoothing",
-               self.label_smoothing, "a number in [0, 1), or -1 for the model's default")
-        _check(self.aux_weight == -1 or self.aux_weight >= 0, "aux-weight", self.aux_weight,
-               "a number >= 0, or -1 for the model's default")
-        _check(self.max_staleness >= 0, "max-staleness", self.max_staleness, "an integer >= 0")
-        _check(self.ssp_bound >= 0, "ssp-bound", self.ssp_bound, "an integer >= 0")
-        _check(0 <= self.backup_workers < self.workers, "backup-workers", self.backup_workers,
-               f"an integer in [0, --workers {self.workers})")
-        _check(self.dc_lambda >= 0, "dc-lambda", self.dc_lambda, "a number >= 0")
-        _check(0 <= self.dc_mean_square_decay < 1, "dc-mean-square-decay",
-               self.dc_mean_square_decay, "a number in [0, 1)")
-        _check(self.delay_mean >= 0, "delay-mean", self.delay_mean, "seconds >= 0")
-        _check(0 <= self.stragglers <= self.workers, "stragglers", self.stragglers,
-               f"an integer in [0, --workers {self.workers}]")
-        _check(self.straggler_slowdown >= 1, "straggler-slowdown", self.straggler_slowdown,
-               "a factor >= 1")
-        _check(self.sim_step_time > 0, "sim-step-time", self.sim_step_time, "seconds > 0")
-        _check(0 <= self.sim_jitter < 1, "sim-jitter", self.sim_jitter, "a fraction in [0, 1)")
-        _check(self.sim_evals >= 1, "sim-evals", self.sim_evals, "an integer >= 1")
-        _check(self.checkpoint_every >= 0, "checkpoint-every", self.checkpoint_every, "seconds >= 0")
-        _check(self.max_worker_failures >= 0, "max-worker-failures", self.max_worker_failures,
-               "an integer >= 0")
-        _check(self.max_shard_failures >= 0, "max-shard-failures", self.max_shard_failures,
-               "an integer >= 0")
         for flag, who, count in (("crash-worker-at", "worker", self.workers),
                                  ("crash-shard-at", "shard", self.ps_shards)):
             value = getattr(self, flag.replace("-", "_"))
             _check(not value or fault_at(value)[0] < count, flag, value,
                    f"'I@N' with {who} I in [0, {count}) and N >= 1, e.g. 0@20")
+        if self.data_dir and self.dataset not in ("cifar10", "npz"):  # else silently unused
+            raise ValueError(f"--data-dir {self.data_dir}: --dataset {self.dataset} reads no "
+                             f"files; add --dataset cifar10 or --dataset npz, or leave it out")
         if "://" in self.run_dir:
             raise ValueError(f"--run-dir {self.run_dir}: the run directory (metrics, reports) is "
                              f"local; put the checkpoints on shared storage with --checkpoint-dir "
                              f"{self.run_dir}")
-        _check(self.checkpoint_steps >= 0, "checkpoint-steps", self.checkpoint_steps, "an integer >= 0")
-        for name in ("fetch_every", "push_every", "publish_every", "threads_per_worker", "bn_batches"):
-            _check(getattr(self, name) >= 1, name.replace("_", "-"), getattr(self, name), "an integer >= 1")
-        _check(self.max_inflight >= 0, "max-inflight", self.max_inflight, "an integer >= 0")
-        _check(self.publish_interval >= 0, "publish-interval", self.publish_interval, "seconds >= 0")
-        _check(self.eval_every > 0, "eval-every", self.eval_every, "seconds > 0")
-        _check(self.image_size >= 0, "image-size", self.image_size, "pixels >= 0 (0 = automatic)")
         return self
+
+    def _ranges(self) -> dict:
+        """setting -> (is this value allowed?, what is allowed): the range of every number."""
+        w, seconds = self.workers, lambda note="": _interval(0, MAX_SECONDS, "seconds", note=note)
+        integer = lambda lo: (lambda v: v >= lo, f"an integer >= {lo}")  # noqa: E731
+        # The upper bounds of workers, batch_size, ps_shards and the *_every counts depend on the
+        # data and the model: prepare() and preflight.check_plan() check them. A staleness bound
+        # or a checkpoint interval that is never reached means 'none': that is allowed.
+        return {
+            "image_size": _interval(0, MAX_IMAGE_SIZE, "pixels", note="(0 = automatic)"),
+            "workers": integer(1), "ps_shards": integer(1), "batch_size": integer(1),
+            "epochs": _interval(0, MAX_EPOCHS, open_lo=True),
+            "max_time": seconds("(0 = no limit)"),
+            "lr": _interval(0, MAX_FACTOR, open_lo=True),
+            "momentum": _interval(0, 1, open_hi=True),
+            "weight_decay": _interval(0, MAX_FACTOR),
+            "lr_decay": _interval(0, 1, open_lo=True),
+            "lr_decay_epochs": _interval(0, MAX_EPOCHS, open_lo=True),
+            "warmup_epochs": _interval(0, MAX_EPOCHS, "epochs"),
+            "polyak_start_epochs": _interval(0, MAX_EPOCHS, "epochs"),
+            "label_smoothing": _or_default(_interval(0, 1, open_hi=True)),
+            "aux_weight": _or_default(_interval(0, MAX_FACTOR)),
+            "max_staleness": integer(0), "ssp_bound": integer(0),
+            "backup_workers": (lambda v: 0 <= v < w, f"an integer in [0, --workers {w})"),
+            "dc_lambda": _interval(0, MAX_FACTOR),
+            "dc_mean_square_decay": _interval(0, 1, open_hi=True),
+            "delay_mean": seconds(),
+            "stragglers": (lambda v: 0 <= v <= w, f"an integer in [0, --workers {w}]"),
+            "straggler_slowdown": _interval(1, MAX_FACTOR, "a factor"),
+            "sim_step_time": _interval(0, MAX_SECONDS, "seconds", open_lo=True),
+            "sim_jitter": _interval(0, 1, "a fraction", open_hi=True),
+            "sim_evals": _interval(1, MAX_EVALS, "an integer"),
+            "fetch_every": integer(1), "push_every": integer(1), "publish_every": integer(1),
+            "max_inflight": integer(0),
+            "publish_interval": seconds(),
+            "eval_every": _interval(0, MAX_SECONDS, "seconds", open_lo=True),
+            "bn_batches": _interval(1, MAX_EVALS, "an integer"),
+            "checkpoint_every": seconds("(0 = only at the end)"),
+            "checkpoint_steps": integer(0),
+            "max_worker_failures": _interval(0, MAX_RESTARTS, "an integer"),
+            "max_shard_failures": _interval(0, MAX_RESTARTS, "an integer"),
+            "threads_per_worker": _interval(1, MAX_THREADS, "an integer"),
+            "seed": _interval(0, MAX_SEED, "an integer", note="(2**32 - 1, numpy's limit)"),
+        }
+
+
+def _interval(lo, hi, unit: str = "a number", *, open_lo: bool = False, open_hi: bool = False,
+              note: str = "") -> tuple:
+    """(test, text) of an interval: `_interval(0, 1, open_hi=True)` is 'a number in [0, 1)'."""
+    def ok(v) -> bool:  # False for NaN, as every comparison with it is
+        return (lo < v if open_lo else lo <= v) and (v < hi if open_hi else v <= hi)
+
+    text = f"{unit} in {'(' if open_lo else '['}{lo:,g}, {hi:,.0f}{')' if open_hi else ']'}"
+    return ok, text + (f" {note}" if note else "")
+
+
+def _or_default(interval: tuple) -> tuple:
+    """-1 means 'the model's default' (label smoothing, the auxiliary heads' weight)."""
+    ok, text = interval
+    return (lambda v: v == -1 or ok(v)), f"{text}, or -1 for the model's default"
 
 
 def fault_at(value: str) -> tuple[int, int]:
@@ -256,18 +323,30 @@ def _check(ok: bool, flag: str, value, allowed: str) -> None:
         raise ValueError(f"--{flag} {value!r} is out of range: expected {allowed}")
 
 
-def _coerce(name: str, value, default):
-    """YAML and flags give strings or numbers; make them the field's type, or say which field."""
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        return type(default)(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"--{name.replace('_', '-')} {value!r}: expected "
-                         f"{type(default).__name__}") from None
+def _coerce(name: str, value, default, source: str = "flags"):
+    """YAML and flags give strings, numbers, or (YAML) lists, mappings and nulls; make the value
+    the field's type or say which setting and what it takes. Ranges are `validate`'s business."""
+    kind = type(default)
+    flag = "--" + name.replace("_", "-")
+    expected = {bool: "true or false (also yes/no, on/off, 1/0)", int: "int (a whole number)",
+                float: "a number", str: "a string"}[kind]
+    where = "" if source == "flags" else f"; set in {source}"
+    if value is None:  # `lr:` with nothing after it, in YAML
+        raise ValueError(f"{flag} null: empty; expected {expected}{where}")
+    if kind is bool:
+        text = str(value).lower() if isinstance(value, (str, bool, int)) else ""
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+    elif isinstance(value, bool):  # YAML's `true` is an int to Python; it is no number here
+        pass
+    elif kind is int and isinstance(value, (int, str)):  # not 2.5, and not 2.0 either
+        with contextlib.suppress(ValueError):
+            return int(value)
+    elif kind is float and isinstance(value, (int, float, str)):
+        with contextlib.suppress(ValueError):
+            return float(value)
+    elif kind is str and isinstance(value, (str, int, float)):
+        return str(value)  # YAML reads `polyak_decay: 0.99` as a number
+    raise ValueError(f"{flag} {value!r}: expected {expected}{where}")

@@ -11,6 +11,7 @@ when workers share cores). A local Ray listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import os
+import socket
 import warnings
 from dataclasses import dataclass, field
 
@@ -18,15 +19,22 @@ import torch
 
 
 def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
-    """Join `address` (or RAY_ADDRESS), else start Ray locally on loopback. True if started here."""
+    """Join `address` (or RAY_ADDRESS), else start Ray locally on loopback. True if started here.
+    ValueError, within about 10 s, if no Ray cluster answers at the address."""
     import ray
 
     if ray.is_initialized():
         return False
+    flag = "--address" if address else "--address (from RAY_ADDRESS)"
     address = address or os.environ.get("RAY_ADDRESS") or None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        check_address(address, flag)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError) as e:  # wrong version, lost on the way
+            raise ValueError(f"{flag} {address}: Ray could not join the cluster there "
+                             f"({_first_line(e)}); {_FIX}") from None
         return True
     # Without this Ray binds its services to every interface; with it, 127.0.0.1 only.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -37,6 +45,70 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
         warnings.warn(f"the local Ray node listens on {gcs}, not only on 127.0.0.1: import "
                       f"ps_trainer before ray, or set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0")
     return True
+
+
+_FIX = "start one with `ray start --head`, or leave --address empty to run locally"
+
+
+def check_address(address: str, flag: str = "--address", timeout: float = 5.0) -> None:
+    """ValueError, within 2 * `timeout` s, unless a Ray cluster answers at `address` (a TCP
+    connection, then Ray's first call). ray.init itself retries for minutes where none does."""
+    target = _bootstrap_address(address, flag)
+    if target is None:  # 'local': ray.init starts a new local Ray
+        return
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{flag} {address}: expected HOST:PORT (e.g. 10.0.0.5:6379), 'auto' "
+                         f"or ray://HOST:PORT")
+    shown = address if target == address else f"{address} (that is {target})"
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        reason = "no answer" if isinstance(e, TimeoutError) else e.strerror or _first_line(e)
+        raise ValueError(f"{flag} {shown}: no Ray cluster answered there ({reason}); "
+                         f"{_FIX}") from None
+    try:
+        import grpc
+        from ray.core.generated import gcs_service_pb2 as pb, gcs_service_pb2_grpc as rpc
+    except ImportError:  # Ray's generated gRPC code: without it, the TCP check is all there is
+        return
+    # A port that accepts connections may belong to anything. Ask it for its cluster id, the first
+    # call every Ray client makes: a Ray cluster answers it (or refuses a client without a token).
+    not_ray = {grpc.StatusCode.UNIMPLEMENTED: "something else listens there",
+               grpc.StatusCode.UNAVAILABLE: "the port accepts connections but does not speak gRPC",
+               grpc.StatusCode.DEADLINE_EXCEEDED: f"the port accepts connections but gives no "
+                                                  f"answer within {timeout:g} s"}
+    with grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        try:
+            rpc.NodeInfoGcsServiceStub(channel).GetClusterId(pb.GetClusterIdRequest(),
+                                                             timeout=timeout)
+        except grpc.RpcError as e:
+            if e.code() in not_ray:
+                raise ValueError(f"{flag} {shown}: no Ray cluster answered there "
+                                 f"({not_ray[e.code()]}); {_FIX}") from None
+
+
+def _bootstrap_address(address: str, flag: str) -> str | None:
+    """HOST:PORT that ray.init(address) will dial ('auto' looked up, 127.0.0.1 made the node's
+    address, as Ray does); None for 'local'."""
+    if "://" in address:  # ray://HOST:PORT, Ray Client
+        return address.split("://", 1)[1].rstrip("/")
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:  # a private helper of Ray's: without it, dial what was given
+        return None if address == "local" else address
+    try:
+        return canonicalize_bootstrap_address(address)
+    except ConnectionError:  # 'auto', and no Ray cluster runs on this machine
+        raise ValueError(f"{flag} {address}: no Ray cluster runs on this machine; {_FIX}") from None
+    except ValueError as e:  # malformed
+        raise ValueError(f"{flag} {address}: {_first_line(e)}; expected HOST:PORT (e.g. "
+                         f"10.0.0.5:6379), 'auto' or ray://HOST:PORT") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 @dataclass
