@@ -1,12 +1,16 @@
 """`ps-train sweep` and `ps-train report` on real simulated runs: a small sweep end to end
 (cells/<name>/ run directories, one sweep.parquet row per cell, resumable), its report, and the
-report of a single run directory.
+report of a single run directory; and reports of sweeps and runs whose files a killed process left
+half-written, which list those files and report the rest.
 
 The numbers in report.md are checked against sweep.parquet recomputed here with numpy."""
 
 import itertools
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import matplotlib.image
 import numpy as np
@@ -17,7 +21,7 @@ import yaml
 
 from ps_trainer.cli import main as ps_train
 from ps_trainer.harness.report import MARKER, build_report, main, report
-from ps_trainer.harness.sweep import run_sweep
+from ps_trainer.harness.sweep import expand, finished, load_spec, run_sweep, write_table
 
 POLICIES, WORKERS, MOMENTA, SEEDS = ("async", "staleness_lr"), (2, 4), (0.0, 0.9), (0, 1)
 
@@ -142,7 +146,7 @@ def test_degenerate_sweeps_do_not_crash(sweep_dir, tmp_path):
     one = tmp_path / "one"
     shutil.copytree(sweep_dir, one)
     rows = pq.read_table(one / "sweep.parquet").to_pylist()
-    (one / rows[1]["run_dir"] / "pushes.parquet").unlink()
+    shutil.rmtree(one / rows[1]["run_dir"] / "pushes.parquet")  # a folder of part files
     rows[1]["raw_loss"] = float("nan")
     rows[1]["run_dir"] = "/no/such/dir"  # resolved to cells/<cell>
     pq.write_table(pa.Table.from_pylist(rows[:2]), one / "sweep.parquet")  # one policy, 2 seeds
@@ -177,3 +181,98 @@ def test_a_diverging_cell_is_a_result_not_a_failed_sweep(tmp_path):
     assert by_lr == {0.05: False, 100.0: True}
     s = json.loads((out / "cells" / "lr=100" / "summary.json").read_text())
     assert "training diverged" in s["diverged"]
+
+
+# ---- damaged files ----------------------------------------------------------------------------
+def _parts(table):
+    """The files of a run table (a folder of part files, or one file)."""
+    return [table] if table.is_file() else sorted(table.glob("*.parquet"))
+
+
+def _cut_in_half(table):
+    """As a writer killed mid-write leaves it: no footer."""
+    for f in _parts(table):
+        data = f.read_bytes()
+        f.write_bytes(data[: len(data) // 2])
+
+
+def _garble_footer(table):
+    """As the user's race left it: a footer there, but not Thrift ("Couldn't deserialize thrift")."""
+    for f in _parts(table):
+        data = bytearray(f.read_bytes())
+        n = int.from_bytes(data[-8:-4], "little")  # footer length, before the closing b"PAR1"
+        data[-8 - n:-8] = b"\xff" * n
+        f.write_bytes(bytes(data))
+
+
+def test_report_of_a_sweep_with_damaged_cells_lists_them_and_reports_the_rest(sweep_dir, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(sweep_dir, damaged)
+    cut, garbage = sorted(p.name for p in (damaged / "cells").iterdir())[:2]
+    _cut_in_half(damaged / "cells" / cut / "evals.parquet")
+    (damaged / "cells" / garbage / "summary.json").write_text('{"raw": {"top1": 0.9')  # cut short
+
+    # The command a user runs, in a process of its own: exit 0 and no traceback.
+    done = subprocess.run([sys.executable, "-m", "ps_trainer.cli", "report", str(damaged)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert f"could not read cells/{cut}/evals.parquet: unreadable (" in done.stderr
+    assert f"could not read cells/{garbage}/summary.json: unreadable (" in done.stderr
+
+    text = (damaged / "report.md").read_text()
+    listed = text.split("## Files that could not be read")[1]
+    assert f"- cells/{cut}/evals.parquet: unreadable (Parquet magic bytes not found" in listed
+    assert f"- cells/{garbage}/summary.json: unreadable (" in listed and "cell left out" in listed
+    # The others are reported: every cell but the garbled one (the cut one's results are in its
+    # summary; only its curve is missing), and every plot.
+    t = pq.read_table(damaged / "sweep.parquet").to_pydict()
+    assert f"{len(t['cell']) - 1} cells (" in text
+    for name in ("accuracy_vs_steps", "accuracy_vs_time", "accuracy_vs_staleness", "staleness_hist",
+                 "raw_vs_polyak", "momentum_vs_workers"):
+        _check_png(damaged / f"{name}.png")
+
+
+def test_report_of_a_damaged_run_directory_lists_what_it_could_not_read(sweep_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(next((sweep_dir / "cells").iterdir()), run)
+    _garble_footer(run / "pushes.parquet")
+    (run / "summary.json").write_text("garbage")
+    md, pngs = build_report(run)
+    assert {p.name for p in pngs} == {"accuracy.png", "staleness.png", "loss.png"}
+    _check_png(run / "accuracy.png")  # the evaluations were readable: plotted
+    listed = md.read_text().split("## Files that could not be read")[1]
+    assert "- pushes.parquet: unreadable (Couldn't deserialize thrift" in listed
+    assert "- summary.json: unreadable (" in listed
+    assert "evals.parquet" not in listed and "config.yaml" not in listed
+    err = capsys.readouterr().err
+    assert "could not read pushes.parquet" in err and "could not read summary.json" in err
+
+    # Only what is missing there: a run directory that never got its summary is still one.
+    (run / "summary.json").unlink()
+    shutil.rmtree(run / "evals.parquet")
+    md, _ = build_report(run)
+    listed = md.read_text().split("## Files that could not be read")[1]
+    assert "- summary.json: missing" in listed and "- evals.parquet: missing" in listed
+
+
+def test_sweep_table_skips_and_lists_unreadable_cells_and_interrupted_ones_are_not_finished(
+        sweep_dir, tmp_path):
+    out = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, out)
+    cells = expand(load_spec(out / "sweep.yaml"))
+    bad_config, interrupted, garbage = (out / "cells" / c.name for c in cells[:3])
+    (bad_config / "config.yaml").write_text("workers: [unclosed")
+    s = json.loads((interrupted / "summary.json").read_text())
+    (interrupted / "summary.json").write_text(json.dumps({**s, "interrupted": True}))
+    (garbage / "summary.json").write_text("")
+
+    written, unreadable = write_table(out, cells)
+    assert written == len(cells) - 3
+    assert [u.split(":")[:2] for u in unreadable] == [[bad_config.name, " config.yaml"],
+                                                      [garbage.name, " summary.json"]]
+    t = pq.read_table(out / "sweep.parquet").to_pydict()
+    assert len(t["cell"]) == written and interrupted.name not in t["cell"]
+    # None of the three is finished: a rerun of the sweep runs each again.
+    assert not any(finished(d) for d in (bad_config, interrupted, garbage))
+    assert all(finished(out / "cells" / c.name) for c in cells[3:])

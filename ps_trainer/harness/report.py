@@ -14,7 +14,13 @@
   Where momentum varies, the best momentum per number of workers: asynchrony acts as implicit
   momentum, so the best explicit momentum falls as workers are added (Mitliagkas et al. 2016).
 
-Only numpy, pyarrow, yaml and matplotlib (Agg: no display) are used; nothing is downloaded.
+A report reads what is readable: every file of a run goes through `read`, and one that a killed
+process left half-written (no Parquet footer, "Couldn't deserialize thrift", a cut JSON) or that is
+missing is listed under "Files that could not be read" in report.md (and printed), not a traceback
+that loses the rest.
+
+Only numpy, pyarrow (the run tables through `trainer.metrics.read_table`), yaml and matplotlib (Agg:
+no display) are used; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -29,30 +36,96 @@ import matplotlib
 matplotlib.use("Agg")  # files only: works on a headless machine and under pytest
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import yaml  # noqa: E402
+
+from ..trainer.metrics import read_table  # noqa: E402
 
 
 MARKER = "<!-- ps-train report -->"
 DPI = 110
 STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9,
          "figure.titlesize": 13, "axes.grid": True, "grid.alpha": 0.3}
-RUN_FILES = ("summary.json",)  # evals.parquet and pushes.parquet may be missing: plots say "no data"
+# Any of these makes a folder a run directory; whichever are missing or unreadable are listed.
+RUN_FILES = ("summary.json", "config.yaml", "evals.parquet", "pushes.parquet")
 SWEEP_FILES = ("sweep.parquet",)
 # Result columns of sweep.parquet (harness/sweep.py writes them): never settings.
 RESULTS = {"raw_top1", "raw_top5", "raw_loss", "polyak_top1", "polyak_top5", "polyak_loss",
            "mean_staleness", "staleness_max", "steps", "train_seconds", "wall_seconds",
            "pushes_sent", "applied", "scaled", "compensated", "aggregated", "rejected",
            "simulated", "diverged", "cell", "run_dir", "progress"}
+EVAL_COLUMNS = ["step", "elapsed", "weights", "top1"]  # the plots need them: a table without is unreadable
+PUSH_COLUMNS = ["time", "worker", "step", "staleness", "loss"]
 CHANCE = 0.2  # raw top-1 at or below this (10 classes: 0.1) counts as diverged
 
 
 # ---- reading ----------------------------------------------------------------------------------
-def _table(path: Path, columns=None) -> dict[str, np.ndarray]:
-    """A parquet file as numpy columns ({} if it is missing: an interrupted cell has no pushes)."""
-    if not path.is_file():
-        return {}
-    t = pq.read_table(path, columns=columns).to_pydict()
-    return {k: np.asarray(v) for k, v in t.items()}
+class Unreadable(ValueError):
+    """A file of a run that is missing, cut short by a killed writer, or not what its name says."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"{path}: {why}")
+        self.path, self.why = Path(path), why
+
+
+def read(path: Path, columns=None):
+    """One file of a run: a Parquet table as numpy columns, summary.json or config.yaml as a dict.
+
+    The one place the run's files are read (sweep.py's too), so that whatever pyarrow, json or
+    yaml raise on a bad file becomes an `Unreadable` naming it, which the caller lists and goes on.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".parquet":
+            # A folder of part files, or a single file (runs from before parts).
+            t = read_table(path, columns=columns).to_pydict()
+            return {k: np.asarray(v) for k, v in t.items()}
+        text = path.read_text()
+        value = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except FileNotFoundError:
+        raise Unreadable(path, "missing") from None
+    except (OSError, ValueError, pa.ArrowException, yaml.YAMLError) as e:
+        raise Unreadable(path, f"unreadable ({_reason(e)})") from None
+    if not isinstance(value, dict):
+        raise Unreadable(path, f"unreadable (a {type(value).__name__}, not a mapping)")
+    return value
+
+
+def _reason(e: Exception) -> str:
+    """An error's first line, without the `Could not open Parquet input source '<path>': `
+    that pyarrow puts before the reason."""
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return first.split("': ", 1)[-1][:160]
+
+
+class Problems(list):
+    """The files a report could not read, as `path: why` relative to the report's folder."""
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = root
+
+    def read(self, path: Path, default, note: str = "", **kw):
+        """`read(path)`, or `default` with the failure noted."""
+        try:
+            return read(path, **kw)
+        except Unreadable as e:
+            where = e.path.relative_to(self.root) if e.path.is_relative_to(self.root) else e.path
+            line = f"{where}: {e.why}{note}"
+            if line not in self:
+                self.append(line)
+            return default
+
+    def section(self) -> list[str]:
+        """report.md's lines listing them (none if all was read); printed too, since a report that
+        quietly left a cell out would mislead."""
+        for p in self:
+            print(f"ps-train report: could not read {p}", file=sys.stderr)
+        if not self:
+            return []
+        return ["", "## Files that could not be read", "",
+                "Left out of the plots and tables above (a process killed while writing, or a file "
+                "damaged since):", ""] + [f"- {p}" for p in self]
 
 
 def _curve(evals: dict, weights: str, x: str) -> tuple[np.ndarray, np.ndarray]:
@@ -143,9 +216,12 @@ def _mean_std(v) -> tuple[float, float]:
 # ---- a run directory --------------------------------------------------------------------------
 def run_report(run: Path) -> tuple[Path, list[Path]]:
     """Plots of one run and its report section; returns (report.md, PNGs written)."""
-    summary = json.loads((run / "summary.json").read_text())
-    evals = _table(run / "evals.parquet")
-    pushes = _table(run / "pushes.parquet", ["time", "worker", "step", "staleness", "loss"])
+    problems = Problems(run)
+    summary = problems.read(run / "summary.json", {})
+    # The title's model, workers and policy are in both; config.yaml stands in for a bad summary.
+    about = {**problems.read(run / "config.yaml", {}), **summary}
+    evals = problems.read(run / "evals.parquet", {}, columns=EVAL_COLUMNS)
+    pushes = problems.read(run / "pushes.parquet", {}, columns=PUSH_COLUMNS)
     seconds = "virtual s" if summary.get("simulated") else "s"
     written: list[Path] = []
     with plt.rc_context(STYLE):
@@ -159,8 +235,8 @@ def run_report(run: Path) -> tuple[Path, list[Path]]:
             ax.legend(loc="lower right") if ax.lines else _empty(ax, "no evaluations")
         a.set_title("top-1 vs steps")
         b.set_title("top-1 vs time")
-        fig.suptitle(f"{summary.get('model')}, {summary.get('workers')} workers, "
-                     f"policy {summary.get('policy')}")
+        fig.suptitle(f"{about.get('model')}, {about.get('workers')} workers, "
+                     f"policy {about.get('policy')}")
         _save(fig, run / "accuracy.png", written)
 
         stale = _staleness(pushes)
@@ -205,8 +281,9 @@ def run_report(run: Path) -> tuple[Path, list[Path]]:
               f"| {summary.get('mean_staleness', float('nan')):.2f} | {summary.get('max_staleness', '')} "
               f"| {_pct(raw.get('top1', float('nan')))} | {_pct(pol.get('top1', float('nan')))} |", ""]
     lines += [f"![{p.stem}]({p.name})" for p in written]
+    lines += problems.section()
     md = run / "report.md"
-    head = md.read_text().split(MARKER)[0].rstrip() if md.is_file() else ""
+    head = md.read_text(errors="replace").split(MARKER)[0].rstrip() if md.is_file() else ""
     md.write_text((head + "\n\n" if head else "") + MARKER + "\n" + "\n".join(lines) + "\n")
     return md, written
 
@@ -219,7 +296,7 @@ def build_report(path) -> tuple[Path, list[Path]]:
         from .report_sweep import sweep_report
 
         return sweep_report(path)
-    if all((path / f).is_file() for f in RUN_FILES):
+    if any((path / f).exists() for f in RUN_FILES):
         return run_report(path)
     raise ValueError(f"{path}: neither a run directory (expected summary.json, evals.parquet and "
                      "pushes.parquet, as `ps-train --run-dir` writes) nor a sweep directory "

@@ -5,6 +5,9 @@ of Zhang et al. 2016 and Zheng et al. 2017), staleness histograms, raw against P
 momentum varies the best momentum per number of workers (Mitliagkas et al. 2016). `seed` is
 replication: cells that differ only in seed are one group, shown as mean +- std. Policies are
 compared at the settings most groups share, never each at its own best.
+
+A cell whose summary.json cannot be read is left out, and a cell's evals or pushes table that
+cannot be read is left out of its plots; report.md lists both (`report.Problems`).
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import matplotlib
 matplotlib.use("Agg")  # files only: works on a headless machine and under pytest
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from ..config import TrainConfig  # noqa: E402
 
-from .report import _table, _curve, _staleness, _axes, _save, _empty, _int_bins, _pct, _mean_std, RESULTS, CHANCE, STYLE  # noqa: E402
+from .report import (EVAL_COLUMNS, RESULTS, CHANCE, STYLE, Problems, _curve, _staleness,  # noqa: E402
+                     _axes, _save, _empty, _int_bins, _pct, _mean_std)
 
 
 def _sort_key(v):
@@ -33,7 +38,18 @@ class Sweep:
 
     def __init__(self, path: Path):
         self.path = path
-        self.rows = pq.read_table(path / "sweep.parquet").to_pylist()
+        self.problems = Problems(path)
+        try:  # written whole or not at all (sweep.py replaces it atomically), but may be damaged since
+            rows = pq.read_table(path / "sweep.parquet").to_pylist()
+        except (OSError, pa.ArrowException) as e:
+            raise ValueError(f"{path / 'sweep.parquet'} cannot be read ({e}); `ps-train sweep "
+                             f"{path / 'sweep.yaml'} --out {path}` writes it again from the cells") from None
+        for r in rows:
+            r["_dir"] = self._folder(r)
+        # A row whose cell's own summary.json cannot be read describes a run whose record is gone:
+        # left out, and listed (a rerun of the sweep runs that cell again).
+        self.rows = [r for r in rows if self.problems.read(r["_dir"] / "summary.json", None,
+                                                           note="; cell left out") is not None]
         fields = {f.name for f in TrainConfig.fields()}
         columns = list(self.rows[0]) if self.rows else []
         self.settings = [c for c in columns if c in fields and c not in RESULTS]
@@ -46,14 +62,13 @@ class Sweep:
                 r[k] = float("nan") if r.get(k) is None else float(r[k])  # null: an unfinished cell
             r.setdefault("policy", "-")
             r.setdefault("workers", 0)
-            d = Path(str(r.get("run_dir") or ""))
-            d = d if d.is_absolute() else path / d
-            r["_dir"] = d if (d / "summary.json").is_file() else path / "cells" / str(r.get("cell"))
             if r.get("diverged") is None:
                 r["diverged"] = not np.isfinite(r["raw_loss"]) or not r["raw_top1"] > CHANCE
         self.policies = sorted({r["policy"] for r in self.rows}, key=_sort_key)
         self.workers = sorted({r["workers"] for r in self.rows}, key=_sort_key)
         self._evals: dict[Path, dict] = {}
+        for r in self.rows:  # small tables: read all now, so that report.md lists every bad one
+            self.evals(r)
         groups: dict[tuple, list[dict]] = {}
         for r in self.rows:
             groups.setdefault((r["policy"], r["workers"], *(r[c] for c in self.others)), []).append(r)
@@ -63,6 +78,12 @@ class Sweep:
         # never each at its own best, which would compare different settings.
         self.common = {c: Counter(k[2 + i] for k in self._groups).most_common(1)[0][0]
                        for i, c in enumerate(self.others)}
+
+    def _folder(self, row: dict) -> Path:
+        """The cell's run directory: its `run_dir` (relative to the sweep), else cells/<cell>."""
+        d = Path(str(row.get("run_dir") or ""))
+        d = d if d.is_absolute() else self.path / d
+        return d if (d / "summary.json").is_file() else self.path / "cells" / str(row.get("cell"))
 
     def groups(self) -> dict[tuple, list[dict]]:
         """(policy, workers, *others) -> the cells that differ only in seed."""
@@ -91,8 +112,12 @@ class Sweep:
 
     def evals(self, row: dict) -> dict:
         if row["_dir"] not in self._evals:
-            self._evals[row["_dir"]] = _table(row["_dir"] / "evals.parquet")
+            self._evals[row["_dir"]] = self.problems.read(row["_dir"] / "evals.parquet", {},
+                                                          columns=EVAL_COLUMNS)
         return self._evals[row["_dir"]]
+
+    def pushes(self, row: dict) -> dict:
+        return self.problems.read(row["_dir"] / "pushes.parquet", {}, columns=["staleness"])
 
 
 def _mean_curve(sweep: Sweep, cells: list[dict], x: str, points: int = 100):
@@ -145,8 +170,7 @@ def _staleness_plot(sweep: Sweep, path: Path, written: list) -> None:
         pooled = {}
         for k in sweep.workers:
             found = sweep.shown(policy, k)
-            parts = [_staleness(_table(r["_dir"] / "pushes.parquet", ["staleness"]))
-                     for r in (found[1] if found else [])]
+            parts = [_staleness(sweep.pushes(r)) for r in (found[1] if found else [])]
             if parts and sum(p.size for p in parts):
                 pooled[k] = np.concatenate(parts)
         if not pooled:
@@ -267,7 +291,8 @@ def sweep_report(path: Path) -> tuple[Path, list[Path]]:
     lines = [f"# Sweep report: {path.name}", ""]
     if not rows:
         md = path / "report.md"
-        md.write_text("\n".join(lines + ["No finished cells in sweep.parquet yet.", ""]))
+        md.write_text("\n".join(lines + ["No finished cells in sweep.parquet yet."]
+                                + sweep.problems.section() + [""]))
         return md, written
     simulated = all(r.get("simulated") for r in rows)
     seconds = "virtual s" if simulated else "s"
@@ -322,7 +347,8 @@ def sweep_report(path: Path) -> tuple[Path, list[Path]]:
         lines += ["", "## Raw vs Polyak", "",
                   f"Polyak ≥ raw in {int((pol >= raw).sum())} of {len(both)} cells; "
                   f"mean difference {100 * (pol - raw).mean():+.2f} points (Polyak − raw)."]
-    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in written] + [""]
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in written]
+    lines += sweep.problems.section() + [""]
     md = path / "report.md"
     md.write_text("\n".join(lines))
     return md, written

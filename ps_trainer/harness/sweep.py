@@ -8,11 +8,19 @@
       - {workers: [1, 4, 16], momentum: [0.0, 0.9], seed: [0, 1]}
 
 Every cell is named by its values of every key any grid varies (`policy=async,workers=4,seed=0`),
-so a configuration two grids share runs once. The sweep is resumable: a cell whose run directory
-has a `summary.json` is finished and skipped; a half-written one is started again. After every
-cell, `sweep.parquet` is rewritten from the finished cells' own files: one row per cell with all
-its settings and results (see `ROW_RESULTS`). Simulated cells run in parallel processes, one torch
-thread each; real runs each use the whole machine's Ray, so they run in turn.
+so a configuration two grids share runs once. The sweep is resumable: a cell is finished when its
+`summary.json` and `config.yaml` can be read and the summary is not marked interrupted; any other
+cell is started again from scratch. After every cell, `sweep.parquet` is rewritten from the
+finished cells' own files: one row per cell with all its settings and results (see `ROW_RESULTS`);
+a cell whose files cannot be read is left out and listed. Simulated cells run in parallel
+processes, one torch thread each; real runs each use the whole machine's Ray, so they run in turn.
+
+Stopping. Ctrl-C or SIGTERM (to the main process alone, or to the whole process group) ends the
+cells in flight at their next step, each writing what it has with its summary marked
+interrupted; no new cell starts; sweep.parquet is written and the sweep exits 130 (`Interrupted`).
+A second Ctrl-C kills the pool processes at once. One sweep at a time holds its folder
+(`trainer.lock`), and a reaper (`trainer.reaper`) kills the pool processes should the main process
+itself be killed, so no stray process goes on writing into the folder.
 """
 
 from __future__ import annotations
@@ -21,12 +29,16 @@ import argparse
 import concurrent.futures as cf
 import dataclasses
 import itertools
-import json
 import math
 import multiprocessing as mp
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -34,6 +46,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from ..config import TrainConfig
+from ..trainer import lock, reaper
 from ..trainer.divergence import Diverged
 from ..trainer.progress import ProgressBar
 
@@ -96,16 +109,47 @@ def _fmt(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _run_cell(settings: dict, name: str, run_dir: str) -> dict:
+class Interrupted(Exception):
+    """The sweep was stopped by Ctrl-C or SIGTERM; the message says how far it got."""
+
+
+# ---- pool processes ---------------------------------------------------------------------------
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+# A pool process's own state (signal handlers are per process): the stop signals it received, and
+# whether a cell is being set up (the first time in a process: seconds of imports and data).
+_stop: list[int] = []
+_setting_up = False
+
+
+def _pool_init() -> None:
+    """In each pool process: Ctrl-C and SIGTERM are noted, not raised (a KeyboardInterrupt in the
+    pool's own queue code kills the process and breaks the pool), except during a cell's setup,
+    which is abandoned there and then. While a simulation's event loop runs, its own handler
+    (`trainer.signals`) takes the signal instead and ends the loop."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _on_stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by `_Stop.spawning`
+
+
+def _on_stop(signum, frame) -> None:
+    _stop.append(signum)
+    if _setting_up:
+        raise KeyboardInterrupt  # caught in `_set_up`
+
+
+def _run_cell(settings: dict, name: str, run_dir: str) -> dict | None:
     """One cell, in a pool process (or the driver): run it, its log into run_dir/log.txt.
-    A cell that diverged is a result, not a failure: its summary says so."""
+    A cell that diverged is a result, not a failure: its summary says so. None: a stop came
+    before the cell began (the pool hands out queued cells even after the sweep was stopped)."""
+    if _stop:
+        return None
     try:
         return _run(settings, name, run_dir)
     except Diverged as e:
         return e.summary
 
 
-def _run(settings: dict, name: str, run_dir: str) -> dict:
+def _run(settings: dict, name: str, run_dir: str) -> dict | None:
     import torch
 
     torch.set_num_threads(1)
@@ -114,99 +158,265 @@ def _run(settings: dict, name: str, run_dir: str) -> dict:
     with open(Path(run_dir) / "log.txt", "w") as logf:
         log = lambda s: print(s, file=logf, flush=True)  # noqa: E731
         if cfg.simulate:
-            from .simulate import simulate
-
-            return simulate(cfg, log=log)
+            # As `simulate(cfg)` does, but in two steps, so that a stop during the setup is seen.
+            with lock.hold(run_dir, "--run-dir"):
+                sim = _set_up(cfg, log)
+                if sim is None or _stop:  # stopped before it began: it has nothing to keep
+                    return None
+                summary = sim()  # a stop from here on ends its loop: it writes what it has
+            if summary.get("interrupted"):  # the loop's own handler took the signal, not `_stop`'s
+                _stop.append(signal.SIGINT)
+            return summary
         from ..trainer import train
 
         return train(cfg, log=log)
 
 
+def _set_up(cfg: TrainConfig, log):
+    """The cell's `Simulation`, or None if a stop came while it was being built."""
+    global _setting_up
+    _setting_up = True
+    try:
+        from .simulate import Simulation
+
+        return Simulation(cfg, log=log)
+    except KeyboardInterrupt:
+        return None
+    finally:
+        _setting_up = False
+
+
+# ---- the sweep table ---------------------------------------------------------------------------
+def row_of(cell_dir: Path) -> dict | None:
+    """The sweep.parquet row of a finished cell, from its own files; None if the cell has not
+    finished (not run, or stopped: no summary.json, or one marked interrupted). Raises
+    `report.Unreadable` if a file it needs cannot be read."""
+    from .report import Unreadable, read
+
+    if not (cell_dir / "summary.json").exists():
+        return None
+    s = read(cell_dir / "summary.json")
+    if s.get("interrupted"):
+        return None
+    cfg = read(cell_dir / "config.yaml")
+    try:
+        outcomes = s.get("outcomes", {})
+        raw_loss = s["raw"]["loss"]
+        classes = s.get("num_classes", 10)
+        # run_dir relative to the sweep directory, so a sweep can be moved or copied whole (after
+        # the config's own absolute run_dir, which it replaces).
+        return {"cell": cell_dir.name, **cfg, "run_dir": f"cells/{cell_dir.name}",
+                "raw_top1": s["raw"]["top1"], "raw_top5": s["raw"]["top5"], "raw_loss": raw_loss,
+                "polyak_top1": s["polyak"]["top1"], "polyak_top5": s["polyak"]["top5"],
+                "polyak_loss": s["polyak"]["loss"], "mean_staleness": s["mean_staleness"],
+                # not `max_staleness`: that name is drop_stale's setting, a column of its own here
+                "staleness_max": s["max_staleness"], "steps": s["steps"],
+                "train_seconds": s["train_seconds"], "wall_seconds": s.get("wall_seconds", s["train_seconds"]),
+                "pushes_sent": s["pushes_sent"],
+                **{k: int(outcomes.get(k, 0)) for k in ("applied", "scaled", "compensated", "aggregated", "rejected")},
+                "simulated": bool(s.get("simulated", False)),
+                # Diverged: the loss blew up, or the model is no better than twice chance.
+                "diverged": not math.isfinite(raw_loss) or s["raw"]["top1"] <= 2.0 / classes}
+    except (KeyError, TypeError, ValueError) as e:
+        raise Unreadable(cell_dir / "summary.json", f"unreadable (no {e})") from None
+
+
 def finished(run_dir: Path) -> bool:
-    return (run_dir / "summary.json").is_file()
+    """Whether a cell is done: a rerun skips it. A cell that cannot be read is not: it runs again."""
+    from .report import Unreadable
+
+    try:
+        return row_of(run_dir) is not None
+    except Unreadable:
+        return False
 
 
-def row_of(cell_dir: Path) -> dict:
-    """The sweep.parquet row of a finished cell, from its own files."""
-    cfg = yaml.safe_load((cell_dir / "config.yaml").read_text())
-    s = json.loads((cell_dir / "summary.json").read_text())
-    outcomes = s.get("outcomes", {})
-    raw_loss = s["raw"]["loss"]
-    classes = s.get("num_classes", 10)
-    # run_dir relative to the sweep directory, so a sweep can be moved or copied whole.
-    return {"cell": cell_dir.name, "run_dir": f"cells/{cell_dir.name}", **cfg,
-            "raw_top1": s["raw"]["top1"], "raw_top5": s["raw"]["top5"], "raw_loss": raw_loss,
-            "polyak_top1": s["polyak"]["top1"], "polyak_top5": s["polyak"]["top5"],
-            "polyak_loss": s["polyak"]["loss"], "mean_staleness": s["mean_staleness"],
-            # not `max_staleness`: that name is drop_stale's setting, a column of its own here
-            "staleness_max": s["max_staleness"], "steps": s["steps"],
-            "train_seconds": s["train_seconds"], "wall_seconds": s.get("wall_seconds", s["train_seconds"]),
-            "pushes_sent": s["pushes_sent"],
-            **{k: int(outcomes.get(k, 0)) for k in ("applied", "scaled", "compensated", "aggregated", "rejected")},
-            "simulated": bool(s.get("simulated", False)),
-            # Diverged: the loss blew up, or the model is no better than twice chance.
-            "diverged": not math.isfinite(raw_loss) or s["raw"]["top1"] <= 2.0 / classes}
+def write_table(out: Path, cells: list[Cell]) -> tuple[int, list[str]]:
+    """Rewrite sweep.parquet from the finished cells' own files. Returns (cells in it, the cells
+    left out because a file of theirs cannot be read, as `cell: file: why`)."""
+    from .report import Unreadable
 
-
-def write_table(out: Path, cells: list[Cell]) -> Path:
-    rows = [row_of(out / "cells" / c.name) for c in cells if finished(out / "cells" / c.name)]
+    rows, unreadable = [], []
+    for c in cells:
+        try:
+            row = row_of(out / "cells" / c.name)
+        except Unreadable as e:
+            unreadable.append(f"{c.name}: {e.path.name}: {e.why}")
+            continue
+        if row is not None:
+            rows.append(row)
     path = out / "sweep.parquet"
     if rows:
         tmp = path.with_suffix(".parquet.tmp")
         pq.write_table(pa.Table.from_pylist(rows), tmp)
         os.replace(tmp, path)  # atomic: a reader never sees half a table
-    return path
+    return len(rows), unreadable
 
 
+# ---- stopping ---------------------------------------------------------------------------------
+class _Stop:
+    """Ctrl-C and SIGTERM in the sweep's main process while the sweep runs (truthy once one came).
+
+    The first is noted and passed on to the pool processes (Ctrl-C in a terminal reaches the whole
+    process group, but `kill` only this process): their cells end at the next step and write what
+    they have. The second kills the pool processes and exits 130 at once."""
+
+    def __init__(self):
+        self.signals: list[int] = []
+        self.pool: cf.ProcessPoolExecutor | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "_Stop":
+        if threading.current_thread() is threading.main_thread():  # the only place handlers go
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __bool__(self) -> bool:
+        return bool(self.signals)
+
+    def _handle(self, signum, frame) -> None:
+        self.signals.append(signum)
+        if len(self.signals) == 1:
+            self.tell_pool(signal.SIGINT)
+            return
+        self.tell_pool(signal.SIGKILL)
+        # os.write, not print: this handler may interrupt a print (a reentrant call would raise)
+        os.write(2, b"\nps-train sweep: stopped at once; the cells in flight were killed "
+                    b"and will run again on a rerun\n")
+        os._exit(130)
+
+    def tell_pool(self, sig: int) -> None:
+        """Send `sig` to every pool process (its pids: the executor has no public list)."""
+        for pid in list(getattr(self.pool, "_processes", None) or {}):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass  # already exited
+
+    @contextmanager
+    def spawning(self):
+        """Around starting pool processes: they inherit the blocked stop signals, and so cannot
+        die of a Ctrl-C before `_pool_init` installs their handler and unblocks them. Here a
+        signal waits until the block ends, then reaches `_handle`: none is lost."""
+        if not self._previous:
+            yield
+            return
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+# ---- running ----------------------------------------------------------------------------------
 def run_sweep(spec_path: str | Path, out: str | Path | None = None, parallel: int | None = None,
               log=print, progress: bool = True) -> Path:
-    """Run (or resume) the sweep; returns its directory, holding sweep.parquet and the cells."""
+    """Run (or resume) the sweep; returns its directory, holding sweep.parquet and the cells.
+    Raises `Interrupted` if Ctrl-C or SIGTERM stopped it, ValueError if another process is
+    running a sweep in the same folder."""
     spec = load_spec(spec_path)
     cells = expand(spec)
     out = Path(out or spec["out"])
     parallel = max(1, int(parallel or spec["parallel"]))
-    (out / "cells").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(spec_path, out / "sweep.yaml")
-    todo = [c for c in cells if not finished(out / "cells" / c.name)]
-    for c in todo:  # a cell interrupted mid-run starts again from scratch
-        shutil.rmtree(out / "cells" / c.name, ignore_errors=True)
-    log(f"sweep {out}: {len(cells)} cells, {len(cells) - len(todo)} already finished, "
-        f"{len(todo)} to run")
-    bar = ProgressBar(len(cells), enabled=progress)
-    done = len(cells) - len(todo)
-    t0 = time.time()
-    simulated = [c for c in todo if c.config(out).simulate]
-    real = [c for c in todo if c not in simulated]
+    with lock.hold(out, "ps-train sweep"), _Stop() as stop:
+        reaper.watch()  # if this process is killed outright, its pool processes die with it
+        (out / "cells").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(spec_path, out / "sweep.yaml")
+        todo = [c for c in cells if not finished(out / "cells" / c.name)]
+        for c in todo:  # a cell interrupted mid-run starts again from scratch
+            shutil.rmtree(out / "cells" / c.name, ignore_errors=True)
+        log(f"sweep {out}: {len(cells)} cells, {len(cells) - len(todo)} already finished, "
+            f"{len(todo)} to run")
+        bar = ProgressBar(len(cells), enabled=progress)
+        done = len(cells) - len(todo)
+        t0 = time.time()
+        simulated = [c for c in todo if c.config(out).simulate]
+        real = [c for c in todo if c not in simulated]
 
-    def finish(cell: Cell, summary: dict) -> None:
-        nonlocal done
-        done += 1
-        write_table(out, cells)
-        bar.update(done, cell=cell.name, top1=f"{100 * summary['raw']['top1']:.1f}%")
+        def finish(cell: Cell, summary: dict) -> None:
+            nonlocal done
+            done += 1
+            write_table(out, cells)
+            bar.update(done, cell=cell.name, top1=f"{100 * summary['raw']['top1']:.1f}%")
 
-    failures = []
-    if simulated:
-        # spawn: a clean interpreter per pool process, whatever the driver has imported
-        with cf.ProcessPoolExecutor(min(parallel, len(simulated)),
-                                    mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(_run_cell, c.settings, c.name, str(out / "cells" / c.name)): c
-                       for c in simulated}
-            for f in cf.as_completed(futures):
+        failures: list[str] = []
+        if simulated and not stop:
+            _run_pool(out, simulated, min(parallel, len(simulated)), stop, finish, failures, log)
+        for c in real:
+            if stop:
+                break
+            try:
+                summary = _run_cell(c.settings, c.name, str(out / "cells" / c.name))
+            except Exception as e:  # noqa: BLE001
+                failures.append(f"{c.name}: {e}")
+                continue
+            if summary.get("interrupted"):  # the run's own handler took the signal
+                stop.signals.append(signal.SIGINT)
+            else:
+                finish(c, summary)
+        bar.close()
+        written, unreadable = write_table(out, cells)
+        if unreadable:
+            log("left out of sweep.parquet, a file cannot be read (a rerun runs them again): "
+                + "; ".join(unreadable))
+        if stop:
+            raise Interrupted(f"interrupted: {written} of {len(cells)} cells finished (in "
+                              f"{out / 'sweep.parquet'}); `ps-train sweep {spec_path} --out {out}` "
+                              f"runs the other {len(cells) - written}")
+        log(f"sweep finished in {time.time() - t0:.0f} s: {out / 'sweep.parquet'}")
+        if failures:
+            raise RuntimeError(f"{len(failures)} cell(s) failed (rerun to retry them): " + "; ".join(failures))
+        return out
+
+
+def _run_pool(out: Path, cells: list[Cell], processes: int, stop: _Stop, finish, failures: list,
+              log) -> None:
+    """The simulated cells, `processes` at a time; returns once none runs and the pool is gone."""
+    # spawn: a clean interpreter per pool process, whatever the driver has imported
+    pool = cf.ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn"),
+                                  initializer=_pool_init)
+    stop.pool = pool
+    pending: dict[cf.Future, Cell] = {}
+    try:
+        with stop.spawning():  # pool processes start at the first submits
+            pending = {pool.submit(_run_cell, c.settings, c.name, str(out / "cells" / c.name)): c
+                       for c in cells}
+        told = False
+        while pending:
+            if stop and not told:
+                told = True
+                for f in pending:
+                    f.cancel()  # those not handed to a pool process yet never start
+                log("\nstopping: the cells in flight write what they have; Ctrl-C again kills them")
+            # A timeout, so that a stop is seen even while no cell ends.
+            done, _ = cf.wait(pending, timeout=0.5, return_when=cf.FIRST_COMPLETED)
+            for f in done:
+                cell = pending.pop(f)
+                if f.cancelled():
+                    continue
                 try:
-                    finish(futures[f], f.result())
+                    summary = f.result()
+                except BrokenProcessPool as e:
+                    # A pool process died (killed, out of memory): the others are in an unknown
+                    # state and the executor would wait for them forever. Their cells run again.
+                    stop.tell_pool(signal.SIGKILL)
+                    if not stop:
+                        failures.append(f"{cell.name}: {e}")
+                    continue
                 except Exception as e:  # noqa: BLE001 - one bad cell must not lose the others
-                    failures.append(f"{futures[f].name}: {e}")
-    for c in real:
-        try:
-            finish(c, _run_cell(c.settings, c.name, str(out / "cells" / c.name)))
-        except Exception as e:  # noqa: BLE001
-            failures.append(f"{c.name}: {e}")
-    bar.close()
-    write_table(out, cells)
-    log(f"sweep finished in {time.time() - t0:.0f} s: {out / 'sweep.parquet'}")
-    if failures:
-        raise RuntimeError(f"{len(failures)} cell(s) failed (rerun to retry them): " + "; ".join(failures))
-    return out
+                    failures.append(f"{cell.name}: {e}")
+                    continue
+                if summary is not None and not summary.get("interrupted"):
+                    finish(cell, summary)
+    finally:
+        if pending:  # leaving early (an error here): stop the cells rather than wait for them
+            stop.tell_pool(signal.SIGINT)
+        pool.shutdown(wait=True, cancel_futures=True)
+        stop.pool = None
 
 
 def main(argv: list[str]) -> int:
@@ -218,7 +428,11 @@ def main(argv: list[str]) -> int:
                    "`parallel`, else the number of CPUs)")
     p.add_argument("--no-report", action="store_true", help="skip writing the report")
     args = p.parse_args(argv)
-    out = run_sweep(args.spec, args.out, args.parallel)
+    try:
+        out = run_sweep(args.spec, args.out, args.parallel)
+    except Interrupted as e:
+        print(f"ps-train sweep: {e}", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports a Ctrl-C
     if not args.no_report:
         from .report import report
 
