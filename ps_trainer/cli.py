@@ -160,19 +160,22 @@ def cmd_train(argv: list[str], context: dict) -> int:
     from .trainer import preflight
     from .trainer.run import prepare
 
-    plan = prepare(cfg)  # the data and the model; train() takes no plan, so it prepares again
+    plan = prepare(cfg)  # the data and the model, checked here and handed to the run
     preflight.check_plan(plan)
     preflight.check_locations(cfg)
     where = preflight.check_where(plan)  # the memory here, or that the cluster answers
     if cfg.dry_run:
         print(preflight.describe(plan, where))
         return 0
-    del plan
-    if cfg.simulate:
-        from .harness.simulate import simulate as run
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    if cfg.simulate:  # it prepares its own plan: its RNG stream starts at the seed, as always
+        from .harness.simulate import simulate
+
+        summary = simulate(cfg, log=log)
     else:
-        from .trainer import train as run
-    summary = run(cfg, log=lambda s: print(s, flush=True))
+        from .trainer import train
+
+        summary = train(cfg, log=log, plan=plan)
     return 130 if summary.get("interrupted") else 0
 
 

@@ -1,5 +1,15 @@
-"""Builds a run: shards, workers, evaluation, the run directory. `train(cfg)` is the entry point."""
+"""Builds a run: shards, workers, evaluation, the run directory. `train(cfg)` is the entry point.
 
-from .run import prepare, train
+`train` and `prepare` are imported on first use: the light modules here (metrics, checkpoint,
+lock, reaper) are read by reports and sweep processes that should not pay for importing torch.
+"""
 
 __all__ = ["prepare", "train"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from . import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

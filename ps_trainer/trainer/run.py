@@ -252,9 +252,10 @@ class Evaluator:
         return rows
 
 
-def train(cfg: TrainConfig, log=print) -> dict:
-    """Run `cfg` to the end (or to Ctrl-C) and return the summary."""
-    plan = prepare(cfg)
+def train(cfg: TrainConfig, log=print, plan: Plan | None = None) -> dict:
+    """Run `cfg` to the end (or to Ctrl-C) and return the summary. `plan`: `prepare(cfg)`, if
+    the caller has made it already (the data is then loaded once)."""
+    plan = plan or prepare(cfg)
     for note in plan.notes:
         log(f"note: {note}")
     local = not (cfg.address or os.environ.get("RAY_ADDRESS"))
