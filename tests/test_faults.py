@@ -143,11 +143,14 @@ def test_a_diverging_run_stops_with_a_message_and_keeps_its_last_good_checkpoint
 
 def test_a_dead_shard_comes_back_from_its_checkpoint_and_versions_stay_monotonic(ray_local, tmp_path):
     run = tmp_path / "run"
-    assert main([*RUN, "--epochs", "4", "--crash-shard-at", "0@120", "--checkpoint-steps", "10",
+    assert main([*RUN, "--epochs", "8", "--crash-shard-at", "0@250", "--checkpoint-steps", "10",
                  "--checkpoint-every", "0", "--run-dir", str(run)]) == 0
     s = json.loads((run / "summary.json").read_text())
     (r,) = s["shard_restarts"]
-    assert r["shard"] == 0 and r["checkpoint"] >= 1 and 0 < r["restored_version"] <= 120
+    # Almost always from a periodic checkpoint; on a loaded machine the workers may outrun the
+    # driver's first one, and then from checkpoint 0, the initial weights (never from nothing).
+    assert r["shard"] == 0 and r["checkpoint"] is not None
+    assert 0 < r["restored_version"] <= 250 if r["checkpoint"] >= 1 else r["restored_version"] == 0
     assert r["updates_lost"] == r["top_seen"] - r["restored_version"] >= 0
     assert r["continued_at"] > r["top_seen"]
     # every push accounted: the ones the restored shard forgot are those it lost since the checkpoint
