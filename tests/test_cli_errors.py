@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from ps_trainer import cli
 from ps_trainer.cli import main
 
 SMALL = ["--model", "digits_cnn_small", "--no-progress", "--device", "cpu"]  # GPUs or not

@@ -25,7 +25,6 @@ no display) are used; nothing is downloaded.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -39,6 +38,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import yaml  # noqa: E402
 
+from ..flags import ArgumentParser  # noqa: E402
 from ..trainer.metrics import read_table  # noqa: E402
 
 
@@ -309,7 +309,7 @@ def report(path) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="ps-train report",
         description="Plot a run directory or a sweep directory into PNGs and a report.md.")
     parser.add_argument("dir", help="a run directory (summary.json, evals.parquet, pushes.parquet) "

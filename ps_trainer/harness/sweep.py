@@ -25,7 +25,6 @@ itself be killed, so no stray process goes on writing into the folder.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import dataclasses
 import itertools
@@ -46,6 +45,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from ..config import TrainConfig
+from ..flags import ArgumentParser
 from ..trainer import lock, reaper
 from ..trainer.divergence import Diverged
 from ..trainer.progress import ProgressBar
@@ -420,7 +420,7 @@ def _run_pool(out: Path, cells: list[Cell], processes: int, stop: _Stop, finish,
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="ps-train sweep", description="Run (or resume) a grid of runs "
+    p = ArgumentParser(prog="ps-train sweep", description="Run (or resume) a grid of runs "
                                 "described by a YAML file, then write its report.")
     p.add_argument("spec", help="sweep YAML file (see examples/staleness_sweep.yaml)")
     p.add_argument("--out", default=None, help="sweep directory (default: the file's `out`)")

@@ -12,13 +12,13 @@ latest checkpoint (verified as every checkpoint is), never from a live cluster:
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..config import TrainConfig
+from ..flags import ArgumentParser
 from . import checkpoint
 
 
@@ -59,7 +59,7 @@ def export(run_dir: str, weights: str, out: str) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="ps-train export", description="Write a run's weights as a "
+    p = ArgumentParser(prog="ps-train export", description="Write a run's weights as a "
                                 "plain PyTorch state_dict (from its latest checkpoint).")
     p.add_argument("run_dir")
     p.add_argument("--weights", default="polyak", help="polyak (default) or raw")

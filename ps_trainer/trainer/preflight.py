@@ -146,7 +146,7 @@ def describe(plan, where: str) -> str:
              f"runs on:     {where}",
              f"run dir:     {cfg.resume or cfg.run_dir or 'runs/<date>-<time>-' + cfg.model} "
              f"(writable)",
-             f"checkpoints: " + (f"{cfg.checkpoint_dir} (writable)" if cfg.checkpoint_dir
+             "checkpoints: " + (f"{cfg.checkpoint_dir} (writable)" if cfg.checkpoint_dir
                                  else "in the run directory"),
              "dry run: every check passed; nothing was started"]
     return "\n".join(lines)
