@@ -294,3 +294,15 @@ def test_switches_take_yaml_words_too():
                         (["--nesterov", "0", "--lr", "0.1"], False)):
         assert config_from_args(argv).nesterov is value, argv
 
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["sweep", "--bogus", "x.yaml"], "ps-train sweep: error: --bogus: unknown flag; did you mean --out?"),
+    (["sweep"], "ps-train sweep: error: the following arguments are required: spec"),
+    (["report", "a", "b"], "ps-train report: error: b: unexpected argument"),
+    (["export", "/tmp", "--weights", "nope", "--out", "x.pt"], "ps-train export: error: --weights 'nope': choose raw or polyak"),
+    (["models", "--x"], "ps-train models: error: --x: unknown flag"),
+])
+def test_a_bad_command_line_of_a_sub_command_is_one_line_and_2(capsys, argv, line):
+    assert main(argv) == 2
+    assert one_line(capsys, line)
