@@ -393,7 +393,8 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
             return  # a shard is recovering: its restored past does not go with the others' present
         if not watch.healthy() or not all(np.isfinite(sd["params"]).all() for sd in states):
             return  # keep the last good checkpoint: never overwrite it with a diverged state
-        run.flush()  # every row the checkpoint accounts for is on disk before it exists
+        drain()  # rows of pushes the shards recorded before their state was taken...
+        run.flush()  # ...are on disk before the checkpoint exists (resume keeps what it accounts for)
         sequence += 1
         meta = {"model": cfg.model, "fingerprint": plan.layout.fingerprint(), "kind": "ray",
                 "num_params": plan.layout.num_params, "sequence": sequence,
