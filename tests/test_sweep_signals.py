@@ -40,9 +40,9 @@ RUN_WITHIN = 180.0  # s for a whole sweep, however loaded the machine
 class SweepProcess:
     """`ps-train sweep SPEC --out DIR --no-report` in a session of its own, its output in files."""
 
-    def __init__(self, tmp_path: Path, name: str = "run"):
+    def __init__(self, tmp_path: Path, name: str = "run", spec: dict = SPEC):
         self.spec, self.out = tmp_path / "spec.yaml", tmp_path / "sweep"
-        self.spec.write_text(yaml.safe_dump(SPEC))
+        self.spec.write_text(yaml.safe_dump(spec))
         self.stdout, self.stderr = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
         with open(self.stdout, "w") as out, open(self.stderr, "w") as err:
             self.proc = subprocess.Popen(
@@ -243,3 +243,25 @@ def test_a_second_sweep_on_a_held_folder_is_refused(tmp_path):
         assert first.wait(60) == 130
     finally:
         first.kill()
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_a_real_cell_sets_up_stops_that_cell_when_its_loop_starts(tmp_path):
+    """A real (Ray) cell runs in the main process; a Ctrl-C that lands while it starts Ray and
+    its actors is noted by the sweep and handed to the run, which stops as soon as its loop
+    starts instead of training to the end (200 epochs: minutes)."""
+    spec = {"base": {"model": "digits_cnn_small", "workers": 2, "epochs": 200, "eval_every": 5},
+            "grids": [{"seed": [0, 1]}]}
+    sweep = SweepProcess(tmp_path, spec=spec)
+    try:
+        sweep.until(lambda: any(sweep.out.glob("cells/*/log.txt")))  # the first cell began
+        os.killpg(sweep.proc.pid, signal.SIGINT)
+        t0 = time.time()
+        assert sweep.wait(60) == 130, sweep.err()
+        stopped = time.time() - t0
+        sweep.gone_within(GONE_WITHIN)
+        cells = list(sweep.out.glob("cells/*"))
+        assert len(cells) == 1 and not finished(cells[0])  # the second never started
+        assert stopped < 40, stopped
+    finally:
+        sweep.kill()

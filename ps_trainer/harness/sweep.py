@@ -137,19 +137,21 @@ def _on_stop(signum, frame) -> None:
         raise KeyboardInterrupt  # caught in `_set_up`
 
 
-def _run_cell(settings: dict, name: str, run_dir: str) -> dict | None:
+def _run_cell(settings: dict, name: str, run_dir: str, stop: list | None = None) -> dict | None:
     """One cell, in a pool process (or the driver): run it, its log into run_dir/log.txt.
     A cell that diverged is a result, not a failure: its summary says so. None: a stop came
     before the cell began (the pool hands out queued cells even after the sweep was stopped)."""
     if _stop:
         return None
     try:
-        return _run(settings, name, run_dir)
+        return _run(settings, name, run_dir, stop)
     except Diverged as e:
         return e.summary
 
 
-def _run(settings: dict, name: str, run_dir: str) -> dict | None:
+def _run(settings: dict, name: str, run_dir: str, stop: list | None = None) -> dict | None:
+    """`stop`: the main process's noted signals, for a real (Ray) cell run there: one noted
+    while the cell was being set up stops it as soon as its loop starts."""
     import torch
 
     torch.set_num_threads(1)
@@ -169,7 +171,7 @@ def _run(settings: dict, name: str, run_dir: str) -> dict | None:
             return summary
         from ..trainer import train
 
-        return train(cfg, log=log)
+        return train(cfg, log=log, stop=stop)
 
 
 def _set_up(cfg: TrainConfig, log):
@@ -350,12 +352,13 @@ def run_sweep(spec_path: str | Path, out: str | Path | None = None, parallel: in
             if stop:
                 break
             try:
-                summary = _run_cell(c.settings, c.name, str(out / "cells" / c.name))
+                summary = _run_cell(c.settings, c.name, str(out / "cells" / c.name), stop.signals)
             except Exception as e:  # noqa: BLE001
                 failures.append(f"{c.name}: {e}")
                 continue
-            if summary.get("interrupted"):  # the run's own handler took the signal
-                stop.signals.append(signal.SIGINT)
+            if summary.get("interrupted"):  # it stopped on a signal, noted in stop.signals
+                if not stop:
+                    stop.signals.append(signal.SIGINT)
             else:
                 finish(c, summary)
         bar.close()

@@ -252,9 +252,10 @@ class Evaluator:
         return rows
 
 
-def train(cfg: TrainConfig, log=print, plan: Plan | None = None) -> dict:
+def train(cfg: TrainConfig, log=print, plan: Plan | None = None, stop: list | None = None) -> dict:
     """Run `cfg` to the end (or to Ctrl-C) and return the summary. `plan`: `prepare(cfg)`, if
-    the caller has made it already (the data is then loaded once)."""
+    the caller has made it already (the data is then loaded once); `stop`: a list of signals the
+    caller noted (non-empty: stop at once), which Ctrl-C and SIGTERM are added to."""
     plan = plan or prepare(cfg)
     for note in plan.notes:
         log(f"note: {note}")
@@ -266,10 +267,10 @@ def train(cfg: TrainConfig, log=print, plan: Plan | None = None) -> dict:
     if not cfg.run_dir:
         cfg.run_dir = str(new_run_dir("runs", cfg.model))
     with lock.hold(cfg.run_dir, "--resume" if cfg.resume else "--run-dir"):
-        return _train(cfg, plan, local, resources if local else None, log)
+        return _train(cfg, plan, local, resources if local else None, log, stop)
 
 
-def _train(cfg: TrainConfig, plan: Plan, local: bool, resources, log) -> dict:
+def _train(cfg: TrainConfig, plan: Plan, local: bool, resources, log, stop: list | None) -> dict:
     import ray
 
     if local:
@@ -311,7 +312,7 @@ def _train(cfg: TrainConfig, plan: Plan, local: bool, resources, log) -> dict:
                 f"{[sd['version'] for sd in states]}")
         workers = make_workers(plan, shards, resources)
         actors += workers
-        return drive(plan, shards, workers, run, log, resources, resumed)
+        return drive(plan, shards, workers, run, log, resources, resumed, stop)
     finally:
         for a in actors:  # replacement workers are in the same list (drive swaps them in)
             ray.kill(a)
@@ -322,7 +323,7 @@ def _train(cfg: TrainConfig, plan: Plan, local: bool, resources, log) -> dict:
 
 
 def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resources=None,
-          resumed: dict | None = None) -> dict:
+          resumed: dict | None = None, stop: list | None = None) -> dict:
     """Watch the workers until they finish: evaluate, checkpoint, replace workers that die, and
     draw progress on the way. `resumed` is the meta of the checkpoint the shards were loaded from."""
     import ray
@@ -467,7 +468,7 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
     next_checkpoint_step = (sum(b["steps"] for b in base.values()) // every + 1) * every if every else None
     pending = {w.run.remote(plan.steps_per_worker - base[i]["steps"]): i
                for i, w in enumerate(workers)}
-    with stop_requested() as stop_signal, bar:
+    with stop_requested(stop) as stop_signal, bar:
         while pending and not failure and not stop_signal:
             done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.5)
             if done and not recover() and broken:

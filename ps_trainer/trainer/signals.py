@@ -12,9 +12,11 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def stop_requested():
-    """Yields a list that Ctrl-C or SIGTERM append to; the previous handlers come back after."""
-    stop: list[int] = []
+def stop_requested(stop: list | None = None):
+    """Yields a list that Ctrl-C or SIGTERM append to; the previous handlers come back after.
+    `stop`: append to this list instead (a caller's, e.g. a sweep's: a signal it noted while the
+    run was being set up stops the run as soon as its loop starts)."""
+    stop = [] if stop is None else stop
     previous = {sig: signal.signal(sig, lambda signum, frame: stop.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
