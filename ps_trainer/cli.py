@@ -127,7 +127,7 @@ def cmd_train(argv: list[str], context: dict) -> int:
     config once known (its run directory takes the traceback of an internal error)."""
     cfg = context["cfg"] = config_from_args(argv).validate()
     if cfg.resume:
-        from .trainer import checkpoint
+        from .core import checkpoint
 
         if not checkpoint.exists(cfg.checkpoint_location()):
             raise ValueError(f"--resume {cfg.resume}: no checkpoint in "

@@ -16,7 +16,7 @@ import torch
 from ps_trainer.models import build
 
 from ps_trainer.cli import main
-from ps_trainer.trainer import checkpoint
+from ps_trainer.core import checkpoint
 
 SIM = ["--simulate", "--model", "digits_cnn_small", "--workers", "4", "--epochs", "10",
        "--sim-evals", "20", "--checkpoint-steps", "40", "--no-progress"]

@@ -68,7 +68,7 @@ def test_a_cluster_of_several_nodes_refuses_a_checkpoint_dir_on_local_disk(tmp_p
     from ray.cluster_utils import Cluster
 
     from ps_trainer.cli import main
-    from ps_trainer.trainer.checkpoint import shared
+    from ps_trainer.core.checkpoint import shared
 
     assert shared("s3://bucket/run") and shared("gs://b/r") and not shared(str(tmp_path))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})

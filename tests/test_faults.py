@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ps_trainer.cli import main
-from ps_trainer.trainer import checkpoint
+from ps_trainer.core import checkpoint
 
 RUN = ["--model", "digits_cnn_small", "--workers", "3", "--ps-shards", "2", "--eval-every", "5",
        "--no-progress"]

@@ -19,7 +19,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from ps_trainer.trainer import checkpoint
+from ps_trainer.core import checkpoint
 
 pytestmark = pytest.mark.slow
 

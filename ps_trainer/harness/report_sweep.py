@@ -25,7 +25,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from ..config import TrainConfig  # noqa: E402
 
-from .report import (EVAL_COLUMNS, RESULTS, CHANCE, STYLE, Problems, _curve, _staleness,  # noqa: E402
+from .plots import (EVAL_COLUMNS, RESULTS, CHANCE, STYLE, Problems, _curve, _staleness,  # noqa: E402
                      _axes, _save, _empty, _int_bins, _pct, _mean_std)
 
 

@@ -34,9 +34,10 @@ import torch
 
 from ..config import TrainConfig
 from ..core import FlatModel, ShardState
+from ..core import checkpoint
 from ..data import Batches, partition
 from ..models import build
-from ..trainer import checkpoint, lock
+from ..trainer import lock
 from ..trainer.divergence import Diverged, DivergenceWatch
 from ..trainer.metrics import RunDirectory, new_run_dir
 from ..trainer.progress import ProgressBar

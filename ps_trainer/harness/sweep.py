@@ -193,7 +193,7 @@ def row_of(cell_dir: Path) -> dict | None:
     """The sweep.parquet row of a finished cell, from its own files; None if the cell has not
     finished (not run, or stopped: no summary.json, or one marked interrupted). Raises
     `report.Unreadable` if a file it needs cannot be read."""
-    from .report import Unreadable, read
+    from .plots import Unreadable, read
 
     if not (cell_dir / "summary.json").exists():
         return None
@@ -225,7 +225,7 @@ def row_of(cell_dir: Path) -> dict | None:
 
 def finished(run_dir: Path) -> bool:
     """Whether a cell is done: a rerun skips it. A cell that cannot be read is not: it runs again."""
-    from .report import Unreadable
+    from .plots import Unreadable
 
     try:
         return row_of(run_dir) is not None
@@ -236,7 +236,7 @@ def finished(run_dir: Path) -> bool:
 def write_table(out: Path, cells: list[Cell]) -> tuple[int, list[str]]:
     """Rewrite sweep.parquet from the finished cells' own files. Returns (cells in it, the cells
     left out because a file of theirs cannot be read, as `cell: file: why`)."""
-    from .report import Unreadable
+    from .plots import Unreadable
 
     rows, unreadable = [], []
     for c in cells:

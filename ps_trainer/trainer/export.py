@@ -19,7 +19,7 @@ import torch
 
 from ..config import TrainConfig
 from ..flags import ArgumentParser
-from . import checkpoint
+from ..core import checkpoint
 
 
 def served_bn(sd: dict) -> np.ndarray:

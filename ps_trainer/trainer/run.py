@@ -20,11 +20,12 @@ import torch
 
 from ..config import TrainConfig, fault_at
 from ..core import LRSchedule, NesterovMomentum, ParamLayout, PolyakAverage, ShardState, make_policy
+from ..core import checkpoint
 from ..data import load_dataset, partition
 from ..models import build, get_spec
 from .cluster import available_memory, estimate_worker_memory, plan_resources, start_ray
 from .evaluate import evaluate, has_batchnorm, recompute_bn
-from . import checkpoint, lock, reaper
+from . import lock, reaper
 from .divergence import DivergenceWatch, Diverged
 from .signals import stop_requested
 from .metrics import RunDirectory, new_run_dir

@@ -69,7 +69,7 @@ class ParameterServerShard:
     def _slice(self, index: int, checkpoints: str, tries: int = 3) -> tuple[dict | None, str]:
         """This shard's state in the latest checkpoint under `checkpoints`, or (None, why not).
         Read again on failure: the driver may be replacing the latest one at this very moment."""
-        from ..trainer import checkpoint
+        from ..core import checkpoint
 
         self.sequence = None
         error = f"no checkpoint folder was given to shard {index}"
