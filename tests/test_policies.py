@@ -114,6 +114,26 @@ def test_sync_with_backup_workers_drops_the_late_gradient_and_counts_it():
     assert s.stats()["reject_reasons"] == {"late": 1}
 
 
+def test_sync_takes_one_gradient_per_worker_and_rejects_a_second_as_duplicate():
+    """--policy sync --fetch-every 2: a worker pushes again before the version moves. The step is
+    still the mean of K - b distinct workers' gradients; the second one is counted, not summed."""
+    k, b = 3, 1
+    s = shard(Synchronous(workers=k, backup=b))
+    gs = grads(3)
+    first = s.push(gs[0], 0, worker=0)
+    before = s.params.copy()
+    again = s.push(gs[1], 0, worker=0)  # same worker, same version: computed on the same weights
+    assert first.outcome == "aggregated"
+    assert again.outcome == "rejected" and again.reason.startswith("duplicate")
+    assert s.version == 0 and s.contributors == {0}  # no step on one worker's two gradients
+    np.testing.assert_array_equal(before, s.params)
+    s.push(gs[2], 0, worker=1)
+    assert s.version == 1  # K - b = 2 distinct workers
+    np.testing.assert_allclose(s.params, before - 0.1 * (gs[0] + gs[2]) / (k - b), rtol=1e-5, atol=1e-6)
+    assert s.stats()["counters"] == {"aggregated": 2, "rejected": 1}
+    assert s.stats()["reject_reasons"] == {"duplicate": 1}
+    assert s.clocks == {0: 2, 1: 1}  # every push is counted in its worker's clock
+
 def test_sync_gate_and_retire():
     s = shard(Synchronous(workers=2))
     assert s.ready(0, 0) and s.ready(1, 0)  # nothing pushed yet

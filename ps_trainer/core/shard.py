@@ -192,6 +192,16 @@ class ShardState:
             version_read = int(version_read)
             staleness = self.version - version_read
             decision = self.policy.decide(staleness)
+            if decision.outcome == AGGREGATED and worker in self.contributors:
+                # BSP: a step is the mean of K - b *workers'* gradients. A second gradient of the
+                # same worker on the same version (--fetch-every 2, or push_every > fetch_every)
+                # is refused, not held for the next step: it was computed on this step's weights,
+                # so in the next step it would be a gradient on old weights, which BSP drops as
+                # late anyway; held, it would also let one worker fill a quorum slot it has not
+                # earned. Counted, state unchanged.
+                decision = Decision(REJECTED, 0.0, f"duplicate: worker {worker} already has a "
+                                                   f"gradient in the step on version "
+                                                   f"{self.version} (one per worker)")
             self.last_read[worker] = version_read
             if decision.outcome == REJECTED:
                 return self._record(worker, decision, version_read, staleness, 0.0)
