@@ -21,7 +21,9 @@ The policies, with their papers:
   clocks (pushes) ahead of the slowest unfinished worker waits; bound = 0 is lock-step.
 - `Synchronous`: BSP with backup workers (Chen, Pan, Monga, Bengio & Jozefowicz 2016). The shard
   sums one gradient per worker for the current version and steps on their mean once K - b have
-  arrived; the b late ones are rejected as "late" (counted, never silently lost).
+  arrived; the b late ones are rejected as "late", and a worker's second gradient for the same
+  step as "duplicate" (counted, never silently lost). A version is K - b gradients, so epochs
+  count K - b times fewer versions than under the asynchronous policies.
 - `DropStale`: reject pushes older than a bound (counted as 'rejected').
 - `DelayCompensated`: DC-ASGD (Zheng et al. 2017). The gradient computed on w_read is corrected
   towards w_now with the diagonal Hessian approximation lambda * g * g:
@@ -60,6 +62,11 @@ class Policy:
 
     def ready(self, shard, worker: int, clock: int) -> bool:
         return True
+
+    def gradients_per_update(self) -> int:
+        """Pushed gradients that make one update (one version): what converts epochs of data
+        into versions for the lr schedule, warm-up and Polyak start."""
+        return 1
 
     def state_dict(self) -> dict:
         return {}
@@ -130,6 +137,9 @@ class Synchronous(Policy):
             return Decision(REJECTED, 0.0, f"late: computed {staleness} step(s) ago; the step was "
                                            f"taken without it (backup worker)")
         return Decision(AGGREGATED)
+
+    def gradients_per_update(self) -> int:
+        return self.workers - self.backup  # the step's mean; the b late ones train nothing
 
     def quorum(self, shard) -> int:
         """Gradients needed for a step: K - b, or fewer once workers have finished (a finished

@@ -45,7 +45,7 @@ class Plan:
     in_channels: int
     image_size: int
     steps_per_worker: int
-    updates_per_epoch: float
+    updates_per_epoch: float  # shard versions per epoch of data (see `prepare`)
     layout: ParamLayout
     model: torch.nn.Module
     notes: list
@@ -80,8 +80,11 @@ def prepare(cfg: TrainConfig) -> Plan:
     model = build(cfg.model, num_classes=data.num_classes, in_channels=spec.in_channels)
     layout = ParamLayout.from_model(model)
     layout.shards(cfg.ps_shards)  # raises if there are more shards than parameters
+    # An epoch is n_train / (batch x push_every) pushes of every worker together; a version is one
+    # push (async, SSP, ...) or one BSP step on the mean of K - b of them.
+    per_update = make_policy(cfg.policy, **cfg.policy_options()).gradients_per_update()
     return Plan(cfg, data, spec.in_channels, image_size, steps,
-                n_train / (cfg.batch_size * cfg.push_every), layout, model, notes)
+                n_train / (cfg.batch_size * cfg.push_every * per_update), layout, model, notes)
 
 
 def trainable_size(name: str, spec, size: int, *, explicit: bool) -> int:
