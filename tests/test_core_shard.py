@@ -74,6 +74,30 @@ def test_staleness_is_version_now_minus_version_read():
     assert s.stats()["mean_staleness"] == pytest.approx(1.0)
 
 
+def test_a_push_reports_the_oldest_version_its_accumulated_gradient_read():
+    """fetch_every=1, push_every=3: the pushed gradient is the mean over three steps on three
+    pulls. It depends on the weights of the first of them, so it carries that version, and
+    its staleness counts from there (staleness_lr, drop_stale and DC-ASGD all read it)."""
+    torch.manual_seed(0)
+    data = load_dataset("digits", seed=0)
+    model = build("digits_cnn_small")
+    layout, specs, shards = make_shards(model, 2, momentum=0.0, wd=0.0)
+    worker = Worker(0, FlatModel(model, layout), specs, InProcessClient(shards),
+                    Batches(data.x_train, data.y_train, 16, seed=1), fetch_every=1, push_every=3,
+                    max_inflight=0)
+    pulled = []  # shard versions of the weights each step computed on
+    for _ in range(9):
+        for s in shards:  # another worker's push moves every shard on before each pull
+            s.push(np.zeros_like(s.params), s.version, worker=1)
+        worker.step()
+        pulled.append(list(worker.versions))
+    rows = worker.drain_rows()
+    assert len(rows) == 3 * len(shards)
+    for r in rows:
+        first = pulled[r["step"] - 3][r["shard"]]  # "step" counts steps done: 3 per window
+        assert r["version_read"] == first, (r, pulled)
+        assert r["staleness"] == r["version"] - 1 - first == 2  # two pushes moved it since
+
 @pytest.mark.parametrize("bad,reason", [
     (dict(grad=np.ones(9, np.float32)), "shape"),
     (dict(grad=np.ones(10, np.float64)), "dtype"),

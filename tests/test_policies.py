@@ -84,6 +84,33 @@ def test_dc_asgd_uses_the_weights_of_the_version_pushed_even_after_a_newer_read(
     np.testing.assert_allclose(s.params, expected, rtol=1e-5)
 
 
+def test_dc_asgd_compensates_against_the_first_read_of_an_accumulated_gradient():
+    """fetch_every=1, push_every=6: a worker reads six times while the weights move on, then
+    pushes a gradient that carries its first read. The shard must still hold those weights."""
+    lam = 0.5
+    s = shard(DelayCompensated(lam=lam, adaptive=False))
+    other = grads(6, seed=5)
+    w_first, v_first = s.snapshot(worker=0)
+    w_first = w_first[:N].copy()
+    for g in other[:5]:  # five more reads, each after another worker's push
+        s.push(g, s.version, worker=1)
+        s.snapshot(worker=0)
+    g = grads(1, seed=6)[0]
+    w_now = s.params.astype(np.float64).copy()
+    r = s.push(g, v_first, worker=0)
+    assert (r.outcome, r.staleness, r.version_read) == ("compensated", 5, 0)
+    expected = w_now - 0.1 * (g + lam * g * g * (w_now - w_first))
+    np.testing.assert_allclose(s.params, expected, rtol=1e-5)
+    # Reads older than the worker's pushes are let go (memory stays bounded) ...
+    s.push(other[5], s.version, worker=1)
+    _, v_next = s.snapshot(worker=0)
+    s.push(g, v_next, worker=0)
+    s.push(g, v_next, worker=0)
+    assert min(s._reads) >= v_first + 1 and v_next in s._reads
+    s.retire(0)  # ... and a retired worker's with them
+    s.retire(1)
+    assert s._reads == {}
+
 # ---- BSP with backup workers (Chen et al. 2016) -------------------------------------------------
 def test_sync_steps_once_on_the_mean_of_k_gradients():
     lr = 0.1

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
 
 import warnings
@@ -80,9 +80,11 @@ class ShardState:
         self.last_read: dict[int, int] = {}  # worker -> version its last valid push was computed on
         self.waits = 0  # pulls that had to wait for the policy
         # DC-ASGD needs the weights each gradient was computed on: snapshots by version, and the
-        # last few versions each worker read (a pull can overtake the push before it).
+        # versions each worker read that a push of its may still carry. A gradient accumulated
+        # over several pulls carries the first (oldest) of them, and a pull can overtake the push
+        # before it, so a read is let go only once the worker pushed on a later one (`_forget`).
         self._reads: dict[int, np.ndarray] = {}
-        self._readers: dict[int, deque] = {}
+        self._readers: dict[int, list[int]] = {}
         # BSP: the sum of this version's gradients and how many there are.
         self._agg = torch.zeros(self.params.shape[0]) if self.policy.aggregates else None
         self._agg_count = 0
@@ -120,7 +122,16 @@ class ShardState:
         if not self.policy.keeps_reads:
             return
         self._reads.setdefault(version, snapshot[:self.params.shape[0]])  # a view: no copy
-        self._readers.setdefault(worker, deque(maxlen=4)).append(version)
+        reads = self._readers.setdefault(worker, [])
+        if not reads or reads[-1] != version:  # a cached snapshot is read many times
+            reads.append(version)
+
+    def _forget_reads(self, worker: int, oldest: int | None) -> None:
+        """`worker` will push no gradient on a version before `oldest` (None: none at all): let
+        its older reads go, and the snapshots nobody may push on any more."""
+        reads = self._readers.pop(worker, [])
+        if oldest is not None:
+            self._readers[worker] = [v for v in reads if v >= oldest]
         live = {v for d in self._readers.values() for v in d}
         for v in [v for v in self._reads if v not in live]:
             del self._reads[v]
@@ -146,6 +157,8 @@ class ShardState:
         """`worker` will push no more: stop waiting for it (SSP) or counting it in a quorum (BSP)."""
         with self.cond:
             self.retired.add(worker)
+            if self.policy.keeps_reads:
+                self._forget_reads(worker, None)
             if self.policy.aggregates and self._agg_count >= self.policy.quorum(self):
                 self._step_aggregate()
             self.cond.notify_all()
@@ -202,6 +215,7 @@ class ShardState:
                 decision = Decision(REJECTED, 0.0, f"duplicate: worker {worker} already has a "
                                                    f"gradient in the step on version "
                                                    f"{self.version} (one per worker)")
+            previous = self.last_read.get(worker, version_read)
             self.last_read[worker] = version_read
             if decision.outcome == REJECTED:
                 return self._record(worker, decision, version_read, staleness, 0.0)
@@ -225,6 +239,9 @@ class ShardState:
                 else:
                     g = self.policy.compensate(g, self._w, torch.from_numpy(w_read))
                     decision = Decision(COMPENSATED, decision.lr_scale)
+                # A worker's pushes carry non-decreasing versions; keep one push of slack, for a
+                # threaded server that runs two of its pushes out of order.
+                self._forget_reads(worker, min(previous, version_read))
             self._apply(g, lr)
             return self._record(worker, decision, version_read, staleness, lr)
 

@@ -131,7 +131,8 @@ class Simulation:
             b = w.batches
             workers.append({"step_count": w.step_count, "clock": w.clock, "images": w.images,
                             "pushes_sent": w.pushes_sent, "last_loss": w.last_loss,
-                            "versions": w.versions, "timing": w.timing, "epoch": b.epoch,
+                            "versions": w.versions, "window": w.window, "timing": w.timing,
+                            "epoch": b.epoch,
                             "pos": b._pos, "batch_rng": b.rng.bit_generator.state,
                             "delay_rng": self.delays[w.id].rng.bit_generator.state,
                             "jitter_rng": self.jitter[w.id].bit_generator.state})
@@ -166,6 +167,7 @@ class Simulation:
             self.jitter[w.id].bit_generator.state = st["jitter_rng"]
             w.step_count, w.clock, w.images = st["step_count"], st["clock"], st["images"]
             w.pushes_sent, w.last_loss, w.versions = st["pushes_sent"], st["last_loss"], st["versions"]
+            w.window = st.get("window", st["versions"])  # older checkpoints: push_every 1 only
             w.timing = st["timing"]
         self.t, self.seq, self.done_steps = meta["t"], meta["seq"], meta["done_steps"]
         self.events = [tuple(e) for e in meta["events"]]

@@ -8,6 +8,8 @@ Invariants:
   `max_inflight` steps are still unacknowledged (back-pressure, so nothing piles up unboundedly).
 - Downpour's knobs: weights are fetched every `fetch_every` steps and gradients accumulated over
   `push_every` steps (their mean is pushed), which the staleness harness can sweep.
+- A push carries the *oldest* shard versions its gradient depended on: those of the weights the
+  first step of its accumulation window computed on (`window`), however many pulls came after.
 - Every push's result (outcome, staleness, lr) becomes one metrics row, with the seconds the
   step spent computing, in injected delay and waiting for a coordinating policy (SSP/BSP).
 - A step is two phases, `begin_step` (maybe pull, compute) and `finish_step` (maybe push), so the
@@ -49,6 +51,7 @@ class Worker:
         self.delay = delay  # a StepDelay (or None): injected straggling, see delays.py
         self.now = time.time  # the simulator replaces this with its virtual clock
         self.versions = [0] * len(shards)  # shard versions of the weights in the model now
+        self.window = [0] * len(shards)  # versions the accumulating gradient's first step read
         self.seen = [0] * len(shards)  # highest version of each shard seen (pulls and pushes)
         self.inflight: deque = deque()  # (step, loss, handles) awaiting acknowledgement
         self.rows: deque = deque()  # one per acknowledged push; deque: drained from another thread
@@ -92,7 +95,7 @@ class Worker:
     def push(self, loss: float) -> None:
         grads = self.flat.grads.cpu().numpy()  # (P,)
         bn = self.flat.buffers.cpu().numpy()  # (Bf,)
-        handles = [self.client.push(s.index, grads[s.params[0]:s.params[1]], self.versions[s.index],
+        handles = [self.client.push(s.index, grads[s.params[0]:s.params[1]], self.window[s.index],
                                     self.id, bn[s.buffers[0]:s.buffers[1]]) for s in self.shards]
         self.pushes_sent += len(handles)
         self.clock += 1
@@ -118,6 +121,8 @@ class Worker:
         """Maybe pull, then compute. Returns the mini-batch loss; `last_compute` its seconds."""
         if self.pull_due():
             self.pull()
+        if self.step_count % self.push_every == 0:  # a new gradient starts on these weights
+            self.window = list(self.versions)
         t0 = time.perf_counter()
         loss = self.compute()
         self.last_compute = time.perf_counter() - t0
