@@ -96,3 +96,19 @@ def test_sync_without_backups_drops_nothing_and_steps_once_per_round(tmp_path):
     _, s = sim(tmp_path, workers=4, policy="sync")
     assert s["outcomes"] == {"aggregated": s["pushes_sent"]} and s["max_staleness"] == 0
     assert s["versions"] == [s["steps"] // 4] * 2
+
+
+@pytest.mark.parametrize("settings", [dict(publish_every=4),
+                                      dict(publish_interval=0.035, sim_jitter=0.0)])
+def test_published_snapshots_make_pulls_stale_as_on_ray(tmp_path, settings):
+    """--publish-every 4 (or --publish-interval of 3.5 virtual steps) serves one snapshot until
+    the weights moved 4 versions: even one worker then reads weights 0, 1, 2, 3 versions old."""
+    _, fresh = sim(tmp_path, "fresh", workers=1, epochs=1)
+    assert fresh["mean_staleness"] == 0
+    _, a = sim(tmp_path, "a", workers=1, epochs=1, **settings)
+    rows = table(tmp_path / "a" / "pushes.parquet")
+    st = [s for s, sh in zip(rows["staleness"], rows["shard"]) if sh == 0]
+    assert st[:8] == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert a["mean_staleness"] == pytest.approx(1.5, abs=0.05)
+    sim(tmp_path, "b", workers=1, epochs=1, **settings)
+    assert rows == table(tmp_path / "b" / "pushes.parquet")  # deterministic

@@ -2,7 +2,8 @@
 
 `ps-train --simulate` takes the same settings as a real run and runs the same objects: the same
 `ShardState`s (optimizer, Polyak average, policy), the same `Worker`s (pull, compute, push), over
-the in-process client. Only time is different. Each step's duration is drawn, seeded, from the
+the in-process client, which serves snapshots by the Ray shard's rule (`core.publish`: a new one
+every `--publish-every` versions and `--publish-interval` virtual seconds). Only time is different. Each step's duration is drawn, seeded, from the
 configured model: `sim_step_time` (times a straggler's slowdown, varied by +-`sim_jitter`) plus the
 injected delay. Events are processed in virtual-time order (ties by worker), so
 
@@ -35,6 +36,7 @@ import torch
 from ..config import TrainConfig
 from ..core import FlatModel, ShardState
 from ..core import checkpoint
+from ..core.publish import Published, Publisher
 from ..data import Batches, partition
 from ..models import build
 from ..trainer import lock
@@ -62,6 +64,9 @@ class Simulation:
         self.specs = plan.layout.shards(cfg.ps_shards)
         self.shards = [ShardState(s.index, params[slice(*s.params)], buffers[slice(*s.buffers)],
                                   **shard_options(plan)) for s in self.specs]
+        # One publisher per shard, shared by every worker's client, as on a Ray shard. (The
+        # evaluator reads the current weights: the final evaluation is of what the checkpoint has.)
+        self.publishers = [Publisher(cfg.publish_every, cfg.publish_interval) for _ in self.shards]
         data, options = plan.data, worker_options(plan)
         options["max_inflight"] = 0  # pushes are applied at once: rows are written as they happen
         self.delays = worker_delays(cfg)
@@ -70,7 +75,7 @@ class Simulation:
             torch.manual_seed(cfg.seed * 1000 + i)  # as WorkerActor (the first pull overwrites it)
             model = build(cfg.model, num_classes=data.num_classes, in_channels=plan.in_channels)
             w = Worker(i, FlatModel(model, plan.layout), self.specs,
-                       InProcessClient(self.shards, clock=self.now),
+                       InProcessClient(self.shards, clock=self.now, publishers=self.publishers),
                        Batches(data.x_train[idx], data.y_train[idx], cfg.batch_size,
                                seed=cfg.seed * 1000 + i),
                        in_channels=plan.in_channels, **options)
@@ -139,11 +144,19 @@ class Simulation:
             for name in ("params", "buffers", "grads"):
                 extra[f"w{w.id}.{name}"] = getattr(w.flat, name).numpy()
             extra[f"w{w.id}.order"] = b._order
+        published = []  # what each shard's publisher serves now: the next pulls read it
+        for i, p in enumerate(self.publishers):
+            published.append({})
+            for averaged, h in p.held.items():
+                kind = "polyak" if averaged else "raw"
+                published[i][kind] = [h.version, h.time]
+                extra[f"pub{i}.{kind}"] = h.snapshot
         meta = {"model": self.cfg.model, "fingerprint": self.plan.layout.fingerprint(),
                 "num_params": self.plan.layout.num_params, "sequence": self.sequence,
                 "kind": "simulation", "t": self.t, "seq": self.seq, "events": self.events,
                 "parked": {str(k): v for k, v in self.parked.items()},
                 "done_steps": self.done_steps, "eval_at": self.eval_at, "workers": workers,
+                "published": published,
                 "rows": {"pushes": self.run.pushes.rows, "evals": self.run.evals.rows}}
         self.run.flush()  # every row the checkpoint accounts for is on disk before it exists
         return checkpoint.save(self.checkpoints, [s.state_dict() for s in self.shards], meta,
@@ -169,6 +182,11 @@ class Simulation:
             w.pushes_sent, w.last_loss, w.versions = st["pushes_sent"], st["last_loss"], st["versions"]
             w.window = st.get("window", st["versions"])  # older checkpoints: push_every 1 only
             w.timing = st["timing"]
+        for i, (p, held) in enumerate(zip(self.publishers, meta.get("published", []))):
+            for kind, (version, t) in held.items():
+                arr = extra[f"pub{i}.{kind}"].copy()
+                arr.flags.writeable = False
+                p.held[kind == "polyak"] = Published(arr, version, t, arr)
         self.t, self.seq, self.done_steps = meta["t"], meta["seq"], meta["done_steps"]
         self.events = [tuple(e) for e in meta["events"]]
         heapq.heapify(self.events)

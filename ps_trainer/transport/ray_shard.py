@@ -30,6 +30,7 @@ import warnings
 import numpy as np
 import ray
 
+from ..core.publish import Published, Publisher
 from ..core.shard import PushResult, ShardState
 
 
@@ -60,11 +61,9 @@ class ParameterServerShard:
         if restarted or error:
             self.recovering = {"shard": index, "checkpoint": self.sequence,
                                "restored_version": self.state.version, "error": error}
-        self.publish_every = publish_every  # versions between published snapshots
-        self.publish_interval = publish_interval  # s, at least this long between publications
-        self._published: dict[bool, tuple] = {}  # averaged -> ([ref], version, time)
-        self._publish_lock = threading.Lock()
-        self.publications = 0
+        # One snapshot per weight set, republished every `publish_every` versions and
+        # `publish_interval` s (the rule is core's, shared with the simulator's client).
+        self.publisher = Publisher(publish_every, publish_interval)
 
     def _slice(self, index: int, checkpoints: str, tries: int = 3) -> tuple[dict | None, str]:
         """This shard's state in the latest checkpoint under `checkpoints`, or (None, why not).
@@ -97,7 +96,7 @@ class ParameterServerShard:
             for w, c in clocks.items():
                 self.state.clocks[int(w)] = max(self.state.clocks[int(w)], int(c))
             self.state.cond.notify_all()
-        self._published.clear()
+        self.publisher.clear()
         self.recovering = None
         return info
 
@@ -116,22 +115,19 @@ class ParameterServerShard:
         if worker is not None and not state.wait_ready(worker, clock, timeout):
             return None
         waited = time.perf_counter() - t0
+
+        def take(now: float) -> Published:
+            arr, version = state.snapshot(averaged)
+            # DC-ASGD compares against the snapshot each worker read: keep it (not a copy).
+            return Published([ray.put(arr)], version, now,
+                             arr if state.policy.keeps_reads else None)
+
         # A coordinating policy promises fresh weights to whoever it lets through.
-        every = 1 if state.policy.coordinates and not averaged else self.publish_every
-        with self._publish_lock:
-            held = self._published.get(averaged)
-            now = time.monotonic()
-            if held is None or (state.version - held[1] >= every
-                                and (now - held[2] >= self.publish_interval or every == 1
-                                     and state.policy.coordinates)):
-                arr, version = state.snapshot(averaged)
-                # DC-ASGD compares against the snapshot each worker read: keep it (not a copy).
-                held = ([ray.put(arr)], version, now, arr if state.policy.keeps_reads else None)
-                self._published[averaged] = held
-                self.publications += 1
-        if worker is not None and held[3] is not None:
-            state.note_read(worker, held[1], held[3])
-        return held[1], held[0], waited
+        held = self.publisher.serve(averaged, state.version, time.monotonic(),
+                                    state.policy.coordinates and not averaged, take)
+        if worker is not None and held.array is not None:
+            state.note_read(worker, held.version, held.array)
+        return held.version, held.snapshot, waited
 
     def retire(self, worker: int) -> None:
         self.state.retire(worker)
@@ -146,7 +142,7 @@ class ParameterServerShard:
         return self.state.push(grad, version_read, worker, bn_stats, shard)
 
     def stats(self) -> dict:
-        return {**self.state.stats(), "publications": self.publications,
+        return {**self.state.stats(), "publications": self.publisher.publications,
                 "recovering": self.recovering}
 
     def state_dict(self) -> dict | None:
@@ -156,7 +152,7 @@ class ParameterServerShard:
 
     def load_state_dict(self, sd: dict) -> None:
         self.state.load_state_dict(sd)
-        self._published.clear()
+        self.publisher.clear()
 
 
 class Stopped(Exception):
