@@ -5,8 +5,9 @@ laptop) each loop: pull every `fetch_every` pushes, push a gradient to every sha
 `max_inflight` pushes unacknowledged (the same back-pressure real workers use). A share of the
 pushes is malformed on purpose (NaN), so the rejection path is under load too. It measures:
 
-- accounting: pushes sent = applied + rejected on the shards, per worker (nothing lost, nothing
-  counted twice);
+- accounting: pushes sent = the sum of the shards' outcomes (every one of policy.OUTCOMES, zeros
+  included; with `Async` only applied and rejected occur), in all and per worker (nothing lost,
+  nothing counted twice): `accounted` in the result;
 - push latency (submit to acknowledgement) p50/p99, and throughput;
 - memory: Ray object-store bytes in use and the shards' private resident memory, sampled every second,
   to show they stay flat (in-flight work is bounded by back-pressure, snapshots are shared).
@@ -20,7 +21,7 @@ import time
 import numpy as np
 
 from ..core import LRSchedule, NesterovMomentum, PolyakAverage
-from ..core.policy import Async
+from ..core.policy import OUTCOMES, REJECTED, Async
 
 
 class Hammer:
@@ -116,16 +117,25 @@ def run_soak(workers: int = 32, shards: int = 4, seconds: float = 10.0, params: 
         ray.kill(a)
     sent = {int(w): r["sent"] for w, r in results.items()}
     recorded = {w: sum(sum(s["worker_counters"].get(w, {}).values()) for s in stats) for w in sent}
-    outcomes: dict[str, int] = {}
+    # Every outcome a shard can give, zeros included, so a table of them is complete and adds up.
+    outcomes = {o: sum(s["counters"].get(o, 0) for s in stats) for o in OUTCOMES}
+    unknown = {k for s in stats for k in s["counters"]} - set(OUTCOMES)
+    if unknown:  # a new outcome must be added to OUTCOMES, not dropped from the accounting here
+        raise RuntimeError(f"shard outcomes {sorted(unknown)} are not in policy.OUTCOMES")
+    reasons: dict[str, int] = {}  # why the rejected ones were (NaN gradients, recovering, ...)
     for s in stats:
-        for k, v in s["counters"].items():
-            outcomes[k] = outcomes.get(k, 0) + v
+        for k, v in s["reject_reasons"].items():
+            reasons[k] = reasons.get(k, 0) + v
     lat = np.concatenate([r["latency"] for r in results.values()]) * 1e3
+    total = sum(sent.values())
     return {"workers": workers, "shards": shards, "params": params, "seconds": elapsed,
-            "sent": sum(sent.values()), "recorded": sum(recorded.values()),
+            "sent": total, "recorded": sum(recorded.values()),
             "sent_per_worker": sent,
-            "per_worker_equal": sent == recorded, "outcomes": outcomes,
-            "pushes_per_s": sum(sent.values()) / elapsed,
+            "per_worker_equal": sent == recorded, "outcomes": outcomes, "reject_reasons": reasons,
+            # the accounting: each push sent has exactly one outcome, per worker and in all
+            "accounted": sent == recorded and sum(outcomes.values()) == total
+            and sum(reasons.values()) == outcomes[REJECTED],
+            "pushes_per_s": total / elapsed,
             "latency_ms_p50": float(np.percentile(lat, 50)),
             "latency_ms_p99": float(np.percentile(lat, 99)), "samples": samples}
 
