@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from ps_trainer.core import (Async, BoundedStaleness, DelayCompensated, LRSchedule,
-                             NesterovMomentum, ShardState, Synchronous, make_policy)
+from ps_trainer.core import (Async, BoundedStaleness, DelayCompensated, FlatModel, LRSchedule,
+                             NesterovMomentum, ParamLayout, ShardState, Synchronous, make_policy)
+from ps_trainer.data import Batches, load_dataset
+from ps_trainer.models import build
 from ps_trainer.transport import InProcessClient
+from ps_trainer.worker.worker import Worker
 
 N = 50
 
@@ -197,6 +200,47 @@ def test_bounded_wait_blocks_a_thread_until_the_slowest_pushes():
     t.join(5)
     assert got and got[0][0][1] == 2 and s.stats()["waits"] == 1
 
+
+def test_a_replacement_worker_starts_at_its_recorded_clock_and_ssp_holds_across_the_restart():
+    """Worker 1 dies after its 4th push reached shard 0 but not shard 1. Its replacement starts at
+    the pushes every shard recorded for it (3, what the driver passes as `clock=`), shard 0 adopts
+    that count at its first pull, and SSP holds from there: at every pull the worker is at most
+    `bound` clocks ahead of the slowest, and there is always someone who may go on."""
+    bound = 1
+    torch.manual_seed(0)
+    data = load_dataset("digits", seed=0)
+    layout = ParamLayout.from_model(build("digits_cnn_small"))
+    p, b = layout.flatten(build("digits_cnn_small"))
+    specs = layout.shards(2)
+    shards = [ShardState(s.index, p[slice(*s.params)], b[slice(*s.buffers)],
+                         policy=BoundedStaleness(workers=2, bound=bound)) for s in specs]
+
+    def worker(i, **options):
+        return Worker(i, FlatModel(build("digits_cnn_small"), layout), specs, InProcessClient(shards),
+                      Batches(data.x_train, data.y_train, 16, seed=i), max_inflight=0, **options)
+
+    def may_step(w):
+        return all(s.ready(w.id, w.clock) for s in shards)
+
+    w0, w1 = worker(0), worker(1)
+    for _ in range(3):
+        w0.step()
+        w1.step()
+    shards[0].push(np.zeros(specs[0].num_params, np.float32), shards[0].version, worker=1)
+    per_shard = [sum(s.worker_counters[1].values()) for s in shards]  # what `replace` reads
+    assert per_shard == [4, 3]
+    w1 = worker(1, clock=min(per_shard))  # the replacement
+    while may_step(w1):  # it runs alone as far as SSP lets it
+        w1.step()
+        assert [s.clocks[1] for s in shards] == [w1.clock] * 2  # the shards agree with it
+    assert w1.clock == w0.clock + bound + 1 == 5  # bound ahead at its last pull, then one push
+    for _ in range(30):  # the two go on, the one furthest ahead first whenever both may
+        ready = [w for w in (w0, w1) if may_step(w)]
+        assert ready, "nobody may go on"
+        w = max(ready, key=lambda w: (w.clock, w.id))
+        assert w.clock - min(w0.clock, w1.clock) <= bound
+        w.step()
+    assert abs(w0.clock - w1.clock) <= bound + 1 and min(w0.clock, w1.clock) >= 15
 
 def test_bounded_zero_equals_sync_for_plain_sgd():
     """SSP with s = 0 makes every worker read the weights after all of the previous clock's

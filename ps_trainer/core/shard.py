@@ -146,8 +146,15 @@ class ShardState:
         return self.clocks[worker] >= clock and self.policy.ready(self, worker, clock)
 
     def wait_ready(self, worker: int, clock: int, timeout: float | None = None) -> bool:
-        """Block until `ready(worker, clock)`, at most `timeout` s; False if it timed out."""
+        """Block until `ready(worker, clock)`, at most `timeout` s; False if it timed out.
+
+        The worker is the authority on how many pushes it made: a shard that counted more
+        (a push of a worker that died reached this shard and not the others, or was retried
+        here after a restart) adopts the worker's count, so every shard's clock agrees with it.
+        Only ever lowers: a lower count means pushes still on their way."""
         with self.cond:
+            if self.clocks[worker] > clock:
+                self.clocks[worker] = clock
             if self.ready(worker, clock):
                 return True
             self.waits += 1

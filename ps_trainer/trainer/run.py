@@ -200,8 +200,9 @@ def worker_options(plan: Plan) -> dict:
                 push_every=cfg.push_every, max_inflight=cfg.max_inflight, **loss)
 
 
-def make_worker(plan: Plan, shards: list, resources, i: int, crash: bool = True):
-    """Worker actor i on its data partition (`crash`: honour --crash-worker-at for it)."""
+def make_worker(plan: Plan, shards: list, resources, i: int, crash: bool = True, clock: int = 0):
+    """Worker actor i on its data partition (`crash`: honour --crash-worker-at for it), starting
+    at `clock` pushes: the count the shards recorded for it (SSP's clock, after a restart)."""
     import ray
 
     from ..worker.delays import worker_delays
@@ -216,11 +217,13 @@ def make_worker(plan: Plan, shards: list, resources, i: int, crash: bool = True)
         i, cfg.model, data.num_classes, plan.in_channels, shards, plan.layout.shards(cfg.ps_shards),
         data.x_train[idx], data.y_train[idx], batch_size=cfg.batch_size, seed=cfg.seed,
         device=resources.device, threads=cfg.threads_per_worker,
-        options={**worker_options(plan), "delay": worker_delays(cfg)[i]}, crash_at=crash_at)
+        options={**worker_options(plan), "delay": worker_delays(cfg)[i], "clock": clock},
+        crash_at=crash_at)
 
 
-def make_workers(plan: Plan, shards: list, resources) -> list:
-    return [make_worker(plan, shards, resources, i) for i in range(plan.cfg.workers)]
+def make_workers(plan: Plan, shards: list, resources, clocks: dict | None = None) -> list:
+    return [make_worker(plan, shards, resources, i, clock=(clocks or {}).get(i, 0))
+            for i in range(plan.cfg.workers)]
 
 
 class Evaluator:
@@ -311,10 +314,20 @@ def _train(cfg: TrainConfig, plan: Plan, local: bool, resources, log, stop: list
             initial_checkpoint(plan)
         shards = make_shards(plan, resources)  # each loads its slice of the latest checkpoint
         actors = list(shards)
+        clocks = None
         if resumed:
             log(f"resumed from checkpoint {resumed['sequence']}: shard versions "
                 f"{[sd['version'] for sd in states]}")
-        workers = make_workers(plan, shards, resources)
+            # SSP/BSP across the resume: each worker starts at the pushes every shard recorded
+            # for it (as `drive` counts its steps), every shard agrees on that count, and nobody
+            # is retired (an interrupted run retires them all, so that nobody waits; each worker
+            # retires again when it is done).
+            clocks = {i: min(resumed["counts"].get((i, s), 0) for s in range(cfg.ps_shards))
+                      for i in range(cfg.workers)}
+            by_index = {sd["index"]: sd for sd in states}
+            ray.get([a.load_state_dict.remote(dict(by_index[i], clocks=clocks, retired=[]))
+                     for i, a in enumerate(shards)])
+        workers = make_workers(plan, shards, resources, clocks)
         actors += workers
         return drive(plan, shards, workers, run, log, resources, resumed, stop)
     finally:
@@ -458,7 +471,9 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
         restarts.append(f"worker {i}: {error}")
         log(f"\nworker {i} died ({error}); restarting it on its partition "
             f"({len(restarts)} of at most {cfg.max_worker_failures} restarts)")
-        workers[i] = make_worker(plan, shards, resources, i, crash=False)
+        # It starts at the pushes every shard recorded for it (a push that reached only some
+        # shards is redone); a shard that counted one more adopts that at its first pull.
+        workers[i] = make_worker(plan, shards, resources, i, crash=False, clock=min(per_shard))
         pending[workers[i].run.remote(plan.steps_per_worker - base[i]["steps"])] = i
 
     last_evals = []

@@ -40,7 +40,7 @@ class Worker:
                  batches: Batches, *, image_size: int | None = None, in_channels: int | None = None,
                  fetch_every: int = 1, push_every: int = 1, max_inflight: int = 2,
                  aux_weight: float = 0.3, label_smoothing: float = 0.0, device="cpu",
-                 delay=None):
+                 delay=None, clock: int = 0):
         self.id = worker_id
         self.flat, self.model, self.shards, self.client = flat, flat.model, shards, client
         self.batches = batches
@@ -57,7 +57,9 @@ class Worker:
         self.rows: deque = deque()  # one per acknowledged push; deque: drained from another thread
         self.step_count = 0
         self.pushes_sent = 0  # shard pushes
-        self.clock = 0  # pushes made (each to every shard): what SSP counts
+        # Pushes made (each to every shard): what SSP counts. A replacement worker, and every
+        # worker of a resumed run, starts at the count the shards recorded for it.
+        self.clock = clock
         self.timing = {"compute": 0.0, "delay": 0.0, "wait": 0.0}  # s, since the last push
         self.images = 0
         self.last_loss = float("nan")
