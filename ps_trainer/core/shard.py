@@ -82,7 +82,7 @@ class ShardState:
         # DC-ASGD needs the weights each gradient was computed on: snapshots by version, and the
         # versions each worker read that a push of its may still carry. A gradient accumulated
         # over several pulls carries the first (oldest) of them, and a pull can overtake the push
-        # before it, so a read is let go only once the worker pushed on a later one (`_forget`).
+        # before it, so a read is let go only once the worker pushed on a later one.
         self._reads: dict[int, np.ndarray] = {}
         self._readers: dict[int, list[int]] = {}
         # BSP: the sum of this version's gradients and how many there are.
