@@ -2,8 +2,8 @@
 
 GoogLeNet: "decreasing the learning rate by 4% every 8 epochs" (Szegedy et al. 2014, sec. 6), i.e.
 step decay with gamma = 0.96; a linear warm-up (Goyal et al. 2017) helps many workers start
-together. Epochs are converted to updates by the trainer: one update = one pushed mini-batch, or under
-BSP one step on K - b of them (`Policy.gradients_per_update`).
+together. Epochs are converted to updates by the trainer: one update = one pushed mini-batch,
+or under BSP one step on K - b of them (`Policy.gradients_per_update`).
 """
 
 from __future__ import annotations
