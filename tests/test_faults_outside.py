@@ -107,14 +107,17 @@ def assert_versions_never_repeat(run_dir: Path) -> None:
 
 
 def assert_whole(s: dict, workers: int = 3, shards: int = 2) -> None:
-    """Every push accounted for, and every worker step pushed to every shard."""
+    """Every push accounted for, and every worker step pushed to every shard. A worker killed
+    between its pushes to two shards leaves one that reached only some of them: that step is
+    done again by its replacement, so each worker restart may add up to shards - 1 pushes."""
     assert s["accounted"], s
-    assert s["pushes_sent"] == shards * s["steps"], s
+    extra = s["pushes_sent"] - shards * s["steps"]
+    assert 0 <= extra <= (shards - 1) * len(s["worker_restarts"]), s
     assert s["polyak"]["top1"] > 0.9, s["polyak"]
 
 
 def test_a_shard_killed_after_a_checkpoint_comes_back_from_it(tmp_path):
-    run = Run(tmp_path / "run", "--epochs", "12", "--checkpoint-every", "2")
+    run = Run(tmp_path / "run", "--epochs", "30", "--checkpoint-every", "2")
     try:
         run.wait_for(run.checkpoint_written, message="checkpoint 1")
         time.sleep(random.uniform(0.2, 2.0))  # a moment the run does not choose
@@ -133,7 +136,7 @@ def test_a_shard_killed_after_a_checkpoint_comes_back_from_it(tmp_path):
 
 
 def test_a_shard_killed_before_the_first_checkpoint_comes_back_from_the_initial_weights(tmp_path):
-    run = Run(tmp_path / "run", "--epochs", "8", "--checkpoint-every", "1000")
+    run = Run(tmp_path / "run", "--epochs", "40", "--checkpoint-every", "1000")  # ~20 s of steps
     try:
         run.wait_for(lambda: len(run.processes("ray::WorkerActor")) == 3, message="workers")
         time.sleep(random.uniform(1.0, 3.0))
@@ -149,7 +152,7 @@ def test_a_shard_killed_before_the_first_checkpoint_comes_back_from_the_initial_
 
 
 def test_a_worker_and_a_shard_killed_in_one_run(tmp_path):
-    run = Run(tmp_path / "run", "--epochs", "12", "--checkpoint-every", "2")
+    run = Run(tmp_path / "run", "--epochs", "30", "--checkpoint-every", "2")
     try:
         run.wait_for(run.checkpoint_written, message="checkpoint 1")
         worker = run.kill("ray::WorkerActor")
@@ -205,7 +208,7 @@ def test_the_driver_killed_leaves_readable_metrics_no_processes_and_a_resumable_
 
 
 def test_a_restarted_shard_that_cannot_read_its_checkpoint_stops_the_run_naming_the_file(tmp_path):
-    run = Run(tmp_path / "run", "--epochs", "12", "--checkpoint-every", "1000")
+    run = Run(tmp_path / "run", "--epochs", "30", "--checkpoint-every", "1000")
     try:
         run.wait_for(lambda: len(run.processes("ray::WorkerActor")) == 3, message="workers")
         latest = json.loads((run.dir / "checkpoints" / "LATEST.json").read_text())
@@ -223,7 +226,7 @@ def test_a_restarted_shard_that_cannot_read_its_checkpoint_stops_the_run_naming_
 
 
 def test_a_shard_killed_with_no_restarts_allowed_stops_the_run_with_a_message(tmp_path):
-    run = Run(tmp_path / "run", "--epochs", "12", "--checkpoint-every", "2",
+    run = Run(tmp_path / "run", "--epochs", "30", "--checkpoint-every", "2",
               "--max-shard-failures", "0")
     try:
         run.wait_for(run.checkpoint_written, message="checkpoint 1")
