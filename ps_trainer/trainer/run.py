@@ -34,6 +34,7 @@ from .summary import summarize
 
 
 FLUSH_EVERY = 60.0  # s between metric flushes (each checkpoint flushes too)
+ZERO = {"steps": 0, "images": 0, "loss": float("nan"), "pushes_sent": 0}  # a worker's progress
 
 
 @dataclass
@@ -152,12 +153,16 @@ def initial_checkpoint(plan: Plan) -> None:
     states = [ShardState(s.index, params[s.params[0]:s.params[1]],
                          buffers[s.buffers[0]:s.buffers[1]], **shard_options(plan)).state_dict()
               for s in plan.layout.shards(cfg.ps_shards)]
-    zero = {"steps": 0, "images": 0, "loss": float("nan"), "pushes_sent": 0}
-    checkpoint.save(cfg.checkpoint_location(), states, {
-        "model": cfg.model, "fingerprint": plan.layout.fingerprint(), "kind": "ray",
-        "num_params": plan.layout.num_params, "sequence": 0,
-        "workers": {str(i): dict(zero, worker=i) for i in range(cfg.workers)},
-        "rows": {"pushes": 0, "evals": 0}})
+    checkpoint.save(cfg.checkpoint_location(), states, checkpoint_meta(
+        plan, 0, {i: dict(ZERO, worker=i) for i in range(cfg.workers)}, {"pushes": 0, "evals": 0}))
+
+
+def checkpoint_meta(plan: Plan, sequence: int, workers: dict, rows: dict) -> dict:
+    """What a real run's checkpoint says besides the shards' arrays: whose it is, its number,
+    each worker's progress and the metric rows it accounts for."""
+    return {"model": plan.cfg.model, "fingerprint": plan.layout.fingerprint(), "kind": "ray",
+            "num_params": plan.layout.num_params, "sequence": sequence,
+            "workers": {str(i): w for i, w in workers.items()}, "rows": rows}
 
 
 def make_shards(plan: Plan, resources) -> list:
@@ -351,10 +356,9 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
     t0 = time.time()
     evaluator = Evaluator(plan, RayClient(shards))
     bar = ProgressBar(plan.steps_per_worker * cfg.workers, enabled=cfg.progress)
-    zero = {"steps": 0, "images": 0, "loss": float("nan"), "pushes_sent": 0}
-    progress = {i: dict(zero, worker=i) for i in range(len(workers))}  # this incarnation's
+    progress = {i: dict(ZERO, worker=i) for i in range(len(workers))}  # this incarnation's
     # What earlier sessions (a resumed run) and dead incarnations did, per worker.
-    base = {i: dict(zero, worker=i) for i in range(len(workers))}
+    base = {i: dict(ZERO, worker=i) for i in range(len(workers))}
     rows_written = {i: 0 for i in base}
     lost_rows = {i: 0 for i in base}  # rows a dead worker's process (or driver) took with it
     if resumed:  # the checkpoint's counts are the truth; rows it has and the table lacks are lost
@@ -414,11 +418,9 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
         drain()  # rows of pushes the shards recorded before their state was taken...
         run.flush()  # ...are on disk before the checkpoint exists (resume keeps what it accounts for)
         sequence += 1
-        meta = {"model": cfg.model, "fingerprint": plan.layout.fingerprint(), "kind": "ray",
-                "num_params": plan.layout.num_params, "sequence": sequence,
-                "workers": {str(i): total(i) for i in progress},
-                "rows": {"pushes": run.pushes.rows, "evals": run.evals.rows}}
-        checkpoint.save(cfg.checkpoint_location(), states, meta)
+        checkpoint.save(cfg.checkpoint_location(), states, checkpoint_meta(
+            plan, sequence, {i: total(i) for i in progress},
+            {"pushes": run.pushes.rows, "evals": run.evals.rows}))
 
     shard_restarts: list[dict] = []
     broken = ""  # why a restarted shard could not restore its state
@@ -467,7 +469,7 @@ def drive(plan: Plan, shards: list, workers: list, run: RunDirectory, log, resou
         base[i].update(steps=steps, images=steps * cfg.batch_size, pushes_sent=recorded)
         lost_rows[i] += recorded - rows_written[i]
         rows_written[i] = recorded
-        progress[i] = dict(zero, worker=i)
+        progress[i] = dict(ZERO, worker=i)
         restarts.append(f"worker {i}: {error}")
         log(f"\nworker {i} died ({error}); restarting it on its partition "
             f"({len(restarts)} of at most {cfg.max_worker_failures} restarts)")

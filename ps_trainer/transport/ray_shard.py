@@ -48,6 +48,7 @@ class ParameterServerShard:
             warnings.simplefilter("ignore")
             restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self.recovering: dict | None = None
+        self.sequence = None  # the checkpoint this shard's state came from
         self.crash_at = 0 if restarted else crash_at  # --crash-shard-at: exit at this version
         sd, error = (None, "") if params is not None else self._slice(index, checkpoints)
         if sd is not None:
@@ -70,7 +71,6 @@ class ParameterServerShard:
         Read again on failure: the driver may be replacing the latest one at this very moment."""
         from ..core import checkpoint
 
-        self.sequence = None
         error = f"no checkpoint folder was given to shard {index}"
         for attempt in range(tries if checkpoints else 0):
             try:
