@@ -67,8 +67,10 @@ def pack(shard_states: list[dict], meta: dict, extra: dict | None = None) -> byt
         ms = sd["policy"].get("mean_square")
         if ms is not None:
             arrays[f"s{i}.policy_mean_square"] = np.asarray(ms, np.float32)
+        for v, a in (sd.get("reads") or {}).items():  # DC-ASGD's kept reads, by version
+            arrays[f"s{i}.read.{int(v)}"] = np.asarray(a, np.float32)
         scalars.append({k: v for k, v in sd.items()
-                        if k not in ARRAYS and k not in ("bn_slots", "policy")})
+                        if k not in ARRAYS and k not in ("bn_slots", "policy", "reads")})
     arrays["meta"] = np.array(json.dumps({**meta, "format": FORMAT, "shards": scalars}))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -88,6 +90,8 @@ def unpack(data: bytes) -> tuple[list[dict], dict]:
         sd["bn_slots"] = {int(w): z[f"s{i}.bn_slots"][j] for j, w in enumerate(z[f"s{i}.bn_workers"])}
         ms = z[f"s{i}.policy_mean_square"] if f"s{i}.policy_mean_square" in z.files else None
         sd["policy"] = {"mean_square": ms}
+        prefix = f"s{i}.read."
+        sd["reads"] = {int(k[len(prefix):]): z[k] for k in z.files if k.startswith(prefix)}
         states.append(sd)
     return states, meta
 

@@ -314,6 +314,9 @@ class ShardState:
                     "last_read": dict(self.last_read),
                     "aggregate": None if self._agg is None else self._agg.numpy().copy(),
                     "aggregate_count": self._agg_count, "contributors": sorted(self.contributors),
+                    # DC-ASGD: the weights a gradient still in flight was computed on
+                    "reads": {v: a.copy() for v, a in self._reads.items()},
+                    "readers": {w: list(v) for w, v in self._readers.items()},
                     "policy": self.policy.state_dict()}
 
     def load_state_dict(self, sd: dict) -> None:
@@ -340,5 +343,9 @@ class ShardState:
                 self._agg.copy_(torch.from_numpy(np.asarray(sd["aggregate"], np.float32)))
                 self._agg_count = int(sd.get("aggregate_count", 0))
                 self.contributors = {int(w) for w in sd.get("contributors", [])}
+            self._reads = {int(v): np.asarray(a, np.float32).copy()
+                           for v, a in (sd.get("reads") or {}).items()}
+            self._readers = {int(w): [int(v) for v in vs]
+                             for w, vs in (sd.get("readers") or {}).items()}
             self.policy.load_state_dict(sd.get("policy", {}))
             self.cond.notify_all()

@@ -33,7 +33,7 @@ import time
 import numpy as np
 import torch
 
-from ..config import TrainConfig
+from ..config import TrainConfig, fault_at
 from ..core import FlatModel, ShardState
 from ..core import checkpoint
 from ..core.publish import Published, Publisher
@@ -67,20 +67,15 @@ class Simulation:
         # One publisher per shard, shared by every worker's client, as on a Ray shard. (The
         # evaluator reads the current weights: the final evaluation is of what the checkpoint has.)
         self.publishers = [Publisher(cfg.publish_every, cfg.publish_interval) for _ in self.shards]
-        data, options = plan.data, worker_options(plan)
-        options["max_inflight"] = 0  # pushes are applied at once: rows are written as they happen
         self.delays = worker_delays(cfg)
-        self.workers = []
-        for i, idx in enumerate(partition(len(data.y_train), cfg.workers, cfg.seed)):
-            torch.manual_seed(cfg.seed * 1000 + i)  # as WorkerActor (the first pull overwrites it)
-            model = build(cfg.model, num_classes=data.num_classes, in_channels=plan.in_channels)
-            w = Worker(i, FlatModel(model, plan.layout), self.specs,
-                       InProcessClient(self.shards, clock=self.now, publishers=self.publishers),
-                       Batches(data.x_train[idx], data.y_train[idx], cfg.batch_size,
-                               seed=cfg.seed * 1000 + i),
-                       in_channels=plan.in_channels, **options)
-            w.now = self.now
-            self.workers.append(w)
+        self.parts = partition(len(plan.data.y_train), cfg.workers, cfg.seed)
+        self.workers = [self.make_worker(i) for i in range(cfg.workers)]
+        # --crash-worker-at W@S: worker W's process dies before its step S, as on Ray; it is
+        # replaced (`replace`) by a worker that continues from the pushes the shards recorded.
+        self.crash = fault_at(cfg.crash_worker_at)
+        self.crashed = False
+        self.base = [0] * cfg.workers  # steps of each worker's dead incarnations
+        self.restarts: list[str] = []
         self.jitter = [np.random.default_rng([cfg.seed, i, 7]) for i in range(cfg.workers)]
         # The event loop's state (attributes, so a checkpoint can hold it).
         self.t = 0.0  # virtual seconds
@@ -103,6 +98,41 @@ class Simulation:
     def now(self) -> float:
         return self.t
 
+    def make_worker(self, i: int, clock: int = 0) -> Worker:
+        """Logical worker i on its partition, as `trainer.run.make_worker` makes its actor: the
+        same model seed, batch order and options; `clock`: pushes the shards recorded for it."""
+        cfg, plan = self.cfg, self.plan
+        options = worker_options(plan)
+        options["max_inflight"] = 0  # pushes are applied at once: rows are written as they happen
+        torch.manual_seed(cfg.seed * 1000 + i)  # as WorkerActor (the first pull overwrites it)
+        model = build(cfg.model, num_classes=plan.data.num_classes, in_channels=plan.in_channels)
+        idx = self.parts[i]
+        w = Worker(i, FlatModel(model, plan.layout), self.specs,
+                   InProcessClient(self.shards, clock=self.now, publishers=self.publishers),
+                   Batches(plan.data.x_train[idx], plan.data.y_train[idx], cfg.batch_size,
+                           seed=cfg.seed * 1000 + i),
+                   in_channels=plan.in_channels, clock=clock, **options)
+        w.now = self.now
+        return w
+
+    def replace(self, w: Worker) -> Worker:
+        """Worker w died (--crash-worker-at): its gradient being accumulated dies with it, and a
+        new worker takes its partition, as the Ray driver's `replace` does. Its steps continue
+        from the pushes every shard recorded, and so does its SSP clock."""
+        clock = min(s.clocks[w.id] for s in self.shards)
+        self.base[w.id] = clock * self.cfg.push_every  # steps whose pushes reached every shard
+        new = self.make_worker(w.id, clock=clock)
+        new.pushes_sent = sum(s.clocks[w.id] for s in self.shards)
+        new.images = self.base[w.id] * self.cfg.batch_size
+        self.workers[w.id] = new
+        self.crashed = True
+        self.restarts.append(f"worker {w.id}: killed before its step {w.step_count} "
+                             f"(--crash-worker-at)")
+        return new
+
+    def steps_done(self, w: Worker) -> int:
+        return self.base[w.id] + w.step_count
+
     # ---- one worker's step, in two events ---------------------------------------------------------
     def step_time(self, i: int) -> tuple[float, float]:
         """(computation, injected delay) of worker i's next step, in virtual seconds."""
@@ -113,6 +143,18 @@ class Simulation:
 
     def may_begin(self, w: Worker) -> bool:
         return not w.pull_due() or all(s.ready(w.id, w.clock) for s in self.shards)
+
+    def start(self, w: Worker, since: float) -> None:
+        """Worker w is free at `since`: it dies here (--crash-worker-at) and is replaced, then
+        finishes (retires), begins its next step, or waits (parked) for a coordinating policy."""
+        if not self.crashed and (w.id, w.step_count) == self.crash:
+            w = self.replace(w)
+        if self.steps_done(w) >= self.plan.steps_per_worker:
+            w.client.retire(w.id)  # SSP/BSP stop waiting for it
+        elif self.may_begin(w):
+            self.begin(w, since)
+        else:
+            self.parked[w.id] = since
 
     def begin(self, w: Worker, parked_since: float) -> None:
         """Worker w starts a step now: pull (if due), compute, and schedule its end."""
@@ -156,7 +198,8 @@ class Simulation:
                 "kind": "simulation", "t": self.t, "seq": self.seq, "events": self.events,
                 "parked": {str(k): v for k, v in self.parked.items()},
                 "done_steps": self.done_steps, "eval_at": self.eval_at, "workers": workers,
-                "published": published,
+                "published": published, "base": self.base, "crashed": self.crashed,
+                "restarts": self.restarts,
                 "rows": {"pushes": self.run.pushes.rows, "evals": self.run.evals.rows}}
         self.run.flush()  # every row the checkpoint accounts for is on disk before it exists
         return checkpoint.save(self.checkpoints, [s.state_dict() for s in self.shards], meta,
@@ -192,6 +235,8 @@ class Simulation:
         heapq.heapify(self.events)
         self.parked = {int(k): v for k, v in meta["parked"].items()}
         self.eval_at, self.sequence = meta["eval_at"], meta["sequence"]
+        self.base = meta.get("base", self.base)
+        self.crashed, self.restarts = meta.get("crashed", False), meta.get("restarts", [])
         return meta["rows"]
 
     # ---- the event loop ---------------------------------------------------------------------------
@@ -207,21 +252,13 @@ class Simulation:
         next_checkpoint = (self.done_steps // cfg.checkpoint_steps + 1) * cfg.checkpoint_steps \
             if cfg.checkpoint_steps else None
 
-        def start(w: Worker, since: float) -> None:
-            if w.step_count >= steps_each:
-                w.client.retire(w.id)  # SSP/BSP stop waiting for it
-            elif self.may_begin(w):
-                self.begin(w, since)
-            else:
-                parked[w.id] = since
-
         # Ctrl-C and SIGTERM only raise a flag, read between events: a checkpoint is always taken
         # at an event boundary, never with a step half-processed.
         with stop_requested() as stop, bar:
             if not cfg.resume:
                 run.evals.write(self.evaluator(0, 0.0))
                 for w in self.workers:
-                    start(w, 0.0)
+                    self.start(w, 0.0)
             while self.events and not stop:
                 self.t, _, i, loss = heapq.heappop(self.events)
                 w = self.workers[i]
@@ -232,7 +269,7 @@ class Simulation:
                 watch.add(rows)
                 if watch.diverged():
                     break
-                start(w, self.t)
+                self.start(w, self.t)
                 for j in sorted(parked):  # the push (or a retirement) may have released them
                     if self.may_begin(self.workers[j]):
                         self.begin(self.workers[j], parked.pop(j))
@@ -257,11 +294,12 @@ class Simulation:
         final = self.evaluator(self.done_steps, 0.0)
         run.evals.write(final)
         run.close()
-        progress = {w.id: {"worker": w.id, "steps": w.step_count, "images": w.images,
+        progress = {w.id: {"worker": w.id, "steps": self.steps_done(w), "images": w.images,
                            "loss": w.last_loss, "pushes_sent": w.pushes_sent} for w in self.workers}
         summary, table = summarize(plan, final, [s.stats() for s in self.shards], progress,
                                    run.path, self.t, interrupted=interrupted)
-        summary.update(simulated=True, virtual_seconds=self.t, wall_seconds=time.time() - wall0)
+        summary.update(simulated=True, virtual_seconds=self.t, wall_seconds=time.time() - wall0,
+                       worker_restarts=self.restarts)
         table += f"\nsimulated: {self.t:.2f} virtual s in {summary['wall_seconds']:.1f} s of wall time"
         if diverged:
             summary["diverged"] = watch.message() + (
