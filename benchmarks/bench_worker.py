@@ -27,8 +27,9 @@ from common import machine, write_section  # noqa: E402
 from ps_trainer.config import TrainConfig  # noqa: E402
 from ps_trainer.data import Batches  # noqa: E402
 from ps_trainer.models import build, get_spec, training_loss  # noqa: E402
+from ps_trainer.trainer.actors import make_shards, make_workers  # noqa: E402
 from ps_trainer.trainer.cluster import ResourcePlan, start_ray  # noqa: E402
-from ps_trainer.trainer.run import make_shards, make_workers, prepare  # noqa: E402
+from ps_trainer.trainer.plan import prepare  # noqa: E402
 
 SIZES = {"digits_cnn": (1, 8), "resnet20": (3, 32), "resnet18": (3, 64)}
 

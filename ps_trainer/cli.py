@@ -133,7 +133,7 @@ def cmd_train(argv: list[str], context: dict) -> int:
             raise ValueError(f"--resume {cfg.resume}: no checkpoint in "
                              f"{cfg.checkpoint_location()}/checkpoints")
     from .trainer import preflight
-    from .trainer.run import prepare
+    from .trainer.plan import prepare
 
     plan = prepare(cfg)  # the data and the model, checked here and handed to the run
     preflight.check_plan(plan)

@@ -59,7 +59,7 @@ def test_interrupted_and_resumed_simulation_ends_bit_identical(tmp_path):
 def test_export_loads_strictly_and_scores_what_the_run_reported(tmp_path, weights):
     from ps_trainer.config import TrainConfig
     from ps_trainer.trainer.evaluate import evaluate
-    from ps_trainer.trainer.run import prepare
+    from ps_trainer.trainer.plan import prepare
 
     run = tmp_path / "run"
     assert main(["--simulate", "--model", "digits_cnn_small", "--epochs", "3", "--sim-evals", "2",

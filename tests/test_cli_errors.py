@@ -185,12 +185,12 @@ def test_the_address_check_lets_a_real_ray_cluster_through(ray_local):
 # ---- bugs and Ctrl-C ----------------------------------------------------------------------------
 def test_an_internal_error_is_one_line_and_its_traceback_goes_to_a_file(
         tmp_path, capsys, monkeypatch):
-    import ps_trainer.trainer.run as run
+    import ps_trainer.trainer.plan as plan
 
     def bug(cfg):
         return {}["missing"]
 
-    monkeypatch.setattr(run, "prepare", bug)
+    monkeypatch.setattr(plan, "prepare", bug)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert main([*SMALL, "--run-dir", str(tmp_path / "run")]) == 1
     line = one_line(capsys, "ps-train: internal error: KeyError: 'missing' (the traceback is in ")
@@ -228,12 +228,12 @@ def test_a_failed_run_is_one_line_with_status_1(tmp_path, capsys, monkeypatch):
 
 
 def test_ctrl_c_before_training_is_one_line_and_130(tmp_path, capsys, monkeypatch):
-    import ps_trainer.trainer.run as run
+    import ps_trainer.trainer.plan as plan
 
     def interrupted(cfg):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run, "prepare", interrupted)
+    monkeypatch.setattr(plan, "prepare", interrupted)
     assert main([*SMALL, "--run-dir", str(tmp_path / "run")]) == 130
     one_line(capsys, "ps-train: interrupted (Ctrl-C)")
 

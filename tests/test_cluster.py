@@ -7,7 +7,7 @@ import torch
 from ps_trainer.config import TrainConfig
 from ps_trainer.models import build
 from ps_trainer.trainer.cluster import estimate_worker_memory, plan_resources
-from ps_trainer.trainer.run import check_memory, prepare
+from ps_trainer.trainer.plan import check_memory, prepare
 
 
 @pytest.mark.parametrize("workers,shards", [(1, 1), (4, 2), (16, 2), (64, 8)])

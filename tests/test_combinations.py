@@ -13,7 +13,7 @@ from ps_trainer.cli import main
 from ps_trainer.config import TrainConfig
 from ps_trainer.core import checkpoint
 from ps_trainer.harness.simulate import Simulation
-from ps_trainer.trainer.run import prepare, shard_options
+from ps_trainer.trainer.plan import prepare, shard_options
 
 BASE = dict(model="digits_cnn_small", progress=False)
 

@@ -40,7 +40,7 @@ def test_inception_v3_cluster_example_plans_the_run_its_comment_promises():
     --address, which is not here). It used to ask batch 32 of 16-image shares: refused."""
     from ps_trainer.config import TrainConfig
     from ps_trainer.trainer.preflight import check_plan, describe
-    from ps_trainer.trainer.run import prepare
+    from ps_trainer.trainer.plan import prepare
 
     path = ROOT / "examples" / "inception_v3_cluster.yaml"
     comment = path.read_text()

@@ -48,7 +48,7 @@ def test_async_training_on_digits_reaches_accuracy_and_accounts_for_every_push(r
 def test_seed_makes_partitions_and_initialization_reproducible():
     from ps_trainer.config import TrainConfig
     from ps_trainer.data import partition
-    from ps_trainer.trainer.run import prepare
+    from ps_trainer.trainer.plan import prepare
 
     a = prepare(TrainConfig(seed=3).validate())
     b = prepare(TrainConfig(seed=3).validate())

@@ -3,9 +3,15 @@
 Averaged weights are a different network from any raw one, so their BatchNorm statistics are
 recomputed with a pass over training batches before evaluating (what `torch.optim.swa_utils.update_bn`
 does for SWA, Izmailov et al. 2018); the raw weights use the statistics the workers pushed.
+
+`Evaluator` does both on the driver, from the snapshots the shards published, so evaluating never
+stops a worker. It works through any PS client: the Ray one of a real run, the in-process one of
+the simulator.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import torch
@@ -63,3 +69,37 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, *, in_channels: int
         correct5 += int((top == target[:, None]).any(dim=1).sum())
     n = max(1, len(y))
     return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss / n}
+
+
+class Evaluator:
+    """Evaluates the weights the shards published, on the driver, while the workers keep going.
+    `plan`: the run's `plan.Plan` (its model is loaded with the weights, so none is built here);
+    `client` is any PS client; `clock` gives the time (the simulator's is virtual)."""
+
+    def __init__(self, plan, client, clock=time.time):
+        self.plan, self.client, self.clock = plan, client, clock
+        self.model = plan.model
+        self.specs = plan.layout.shards(plan.cfg.ps_shards)
+        self.bn = has_batchnorm(self.model)
+
+    def __call__(self, step: int, t0: float) -> list[dict]:
+        cfg, data, layout = self.plan.cfg, self.plan.data, self.plan.layout
+        rows = []
+        for weights in ("raw", "polyak"):
+            snaps = self.client.pull(averaged=weights == "polyak")
+            params = np.concatenate([a[:s.num_params] for (a, _), s in zip(snaps, self.specs)])
+            buffers = np.concatenate([a[s.num_params:] for (a, _), s in zip(snaps, self.specs)])
+            layout.load_into(self.model, params, buffers)
+            bn = "none"
+            if self.bn:
+                bn = "pushed"
+                if weights == "polyak":
+                    recompute_bn(self.model, data.x_train, cfg.batch_size, cfg.bn_batches,
+                                 self.plan.in_channels, self.plan.image_size, cfg.seed)
+                    bn = f"recomputed ({cfg.bn_batches} batches)"
+            m = evaluate(self.model, data.x_test, data.y_test, in_channels=self.plan.in_channels,
+                         image_size=self.plan.image_size)
+            now = self.clock()
+            rows.append({"time": now, "elapsed": now - t0, "step": step,
+                         "weights": weights, "bn": bn, **m})
+        return rows

@@ -30,7 +30,7 @@ def served_bn(sd: dict) -> np.ndarray:
 
 def export(run_dir: str, weights: str, out: str) -> dict:
     from .evaluate import has_batchnorm, recompute_bn
-    from .run import prepare
+    from .plan import prepare
 
     if weights not in ("raw", "polyak"):
         raise ValueError(f"--weights {weights!r}: choose raw or polyak")

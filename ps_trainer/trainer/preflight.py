@@ -108,7 +108,7 @@ def check_where(plan) -> str:
     import torch
 
     from .cluster import check_address, plan_resources
-    from .run import check_memory
+    from .plan import check_memory
 
     cfg = plan.cfg
     if cfg.simulate:
