@@ -44,7 +44,8 @@ from ..trainer.divergence import Diverged, DivergenceWatch
 from ..trainer.metrics import RunDirectory, new_run_dir
 from ..trainer.progress import ProgressBar
 from ..trainer.signals import stop_requested
-from ..trainer.run import Evaluator, prepare, shard_options, worker_options
+from ..trainer.evaluate import Evaluator
+from ..trainer.plan import prepare, shard_options, worker_options
 from ..trainer.summary import summarize
 from ..transport.inprocess import InProcessClient
 from ..worker.delays import worker_delays

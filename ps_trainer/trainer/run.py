@@ -57,7 +57,8 @@ def _train(cfg: TrainConfig, plan: Plan, local: bool, resources, log, stop: list
     if local:
         reaper.watch()  # a driver killed with -9 takes its local Ray node's processes with it
     started = start_ray(cfg.address or None)
-    actors: list = []
+    actors: list = []  # the shards and the first workers
+    workers: list = []  # the live workers: the driver swaps a replacement in (in place)
     run = None
     try:
         if not local:
@@ -81,10 +82,8 @@ def _train(cfg: TrainConfig, plan: Plan, local: bool, resources, log, stop: list
         actors += workers
         return Driver(plan, shards, workers, run, log, resources, resumed, stop).run()
     finally:
-        # The shards and the first workers. A replacement worker is not in this list: the driver
-        # swaps it into `workers`, which `actors` copied (so it is not killed here).
-        for a in actors:
-            ray.kill(a)
+        for a in actors + workers:  # a replacement worker too (on a joined cluster nobody else
+            ray.kill(a)           # would end it: ray.shutdown() is not called there)
         if run is not None:
             run.close()
         if started:
@@ -135,9 +134,3 @@ def _resume_shards(cfg: TrainConfig, shards: list, states: list[dict], resumed: 
     ray.get([a.load_state_dict.remote(dict(by_index[i], clocks=clocks, retired=[]))
              for i, a in enumerate(shards)])
     return clocks
-
-
-# TEMPORARY for harness/simulate.py, until it imports these from .plan and .evaluate; then delete
-# (`prepare` is imported above, for `train`).
-from .plan import shard_options, worker_options  # noqa: F401 - TEMPORARY for harness/simulate.py
-from .evaluate import Evaluator  # noqa: F401 - TEMPORARY for harness/simulate.py

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from .metrics import read_table
 
@@ -19,8 +20,11 @@ def summarize(plan, final_evals: list[dict], shard_stats: list[dict], progress: 
               stopped_for_time: bool = False, lost_rows: dict | None = None,
               shard_restarts: list | None = None) -> tuple[dict, str]:
     cfg = plan.cfg
-    pushes = read_table(run_path / "pushes.parquet",
-                           columns=["worker", "staleness", "shard", "version"])
+    columns = ["worker", "staleness", "shard", "version"]
+    try:
+        pushes = read_table(run_path / "pushes.parquet", columns=columns)
+    except FileNotFoundError:  # stopped before any push was acknowledged: no rows yet
+        pushes = pa.table({c: pa.array([], pa.int64()) for c in columns})
     staleness = np.asarray(pushes.column("staleness").to_numpy())
     staleness = staleness[staleness >= 0]
     outcomes = Counter()
