@@ -54,3 +54,47 @@ def test_bad_pushes_through_ray_are_rejected_and_counted(ray_local):
     assert stats["worker_counters"] == {5: {"rejected": 4}}
     w, v = RayClient([shard]).pull()[0]
     assert v == 0 and not w[:10].any()
+
+
+@pytest.mark.parametrize("tell_finished", [True, False])
+def test_a_restarted_shard_learns_which_workers_finished_since_its_checkpoint(
+        ray_local, tmp_path, tell_finished):
+    """SSP (bound 0) over workers 0 and 1. Worker 1 finishes and retires after the checkpoint;
+    the shard is then killed (-9, from outside) and comes back from that checkpoint, where worker
+    1 is still running. Told who finished (`finish_recovery`), it lets worker 0 read ahead of
+    worker 1; not told, it would hold worker 0 forever for pushes that never come."""
+    import os
+    import signal
+
+    from ps_trainer.core import ShardState, checkpoint
+    from ps_trainer.core.policy import BoundedStaleness
+
+    ray = ray_local
+    options = dict(optimizer=NesterovMomentum(0.9, 0.0), schedule=LRSchedule(0.1),
+                   averager=PolyakAverage(0.5))
+    state = ShardState(0, np.zeros(10, np.float32), np.zeros(0, np.float32),
+                       policy=BoundedStaleness(workers=2, bound=0), **options)
+    checkpoint.save(str(tmp_path), [state.state_dict()], {"sequence": 0, "model": "m"})
+    shard = ray.remote(ParameterServerShard).options(
+        num_cpus=0, max_concurrency=4, max_restarts=1, max_task_retries=-1).remote(
+        0, policy=BoundedStaleness(workers=2, bound=0), checkpoints=str(tmp_path),
+        sizes=(10, 0), **options)
+    assert ray.get(shard.recovery.remote()) is None  # the first incarnation: nothing to recover
+    g = np.ones(10, np.float32)
+    for v in range(2):
+        assert ray.get(shard.push.remote(g, v, 0, None, 0)).outcome == "applied"
+    ray.get(shard.retire.remote(1))  # worker 1 finished
+    assert ray.get(shard.pull.remote(worker=0, clock=2, timeout=0.5)) is not None
+    pid = ray.get(shard.__ray_call__.remote(lambda self: os.getpid()))
+    os.kill(pid, signal.SIGKILL)
+    info = None
+    for _ in range(100):
+        try:
+            info = ray.get(shard.recovery.remote(), timeout=5)
+            break
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            continue
+    assert info and info["restored_version"] == 0 and not info["error"]
+    ray.get(shard.finish_recovery.remote(10, {0: 2}, [1] if tell_finished else []))
+    answer = ray.get(shard.pull.remote(worker=0, clock=2, timeout=1.0))
+    assert (answer is not None) == tell_finished

@@ -270,7 +270,12 @@ class Driver:
         # at most max_inflight + 1 per worker. Start above them too.
         floor = top + self.cfg.workers * (self.cfg.max_inflight + 1) + 1
         clocks = {w: c for w, (_, c) in zip(ids, seen)}
-        ray.get(self.shards[i].finish_recovery.remote(floor, clocks))
+        # Workers that finished after that checkpoint retired on the shard's lost state: again.
+        ready = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0)[0] \
+            if self.pending else []
+        running = {self.pending[r] for r in self.pending if r not in ready}
+        finished = [w for w in range(self.cfg.workers) if w not in running]
+        ray.get(self.shards[i].finish_recovery.remote(floor, clocks, finished))
         self.shard_restarts.append({**info, "top_seen": top, "continued_at": floor,
                                     "updates_lost": top - info["restored_version"]})
         self.log(f"\nshard {i} died and came back from checkpoint {info['checkpoint']} at version "

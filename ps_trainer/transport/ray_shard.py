@@ -87,15 +87,18 @@ class ParameterServerShard:
         A non-empty "error" means it could not restore its state and must not be used."""
         return self.recovering
 
-    def finish_recovery(self, version: int, clocks: dict[int, int]) -> dict:
+    def finish_recovery(self, version: int, clocks: dict[int, int], retired=()) -> dict:
         """Continue from `version`, above every version issued before the restart, with each
-        worker's count of pushes as the workers know it (the checkpoint's is older)."""
+        worker's count of pushes as the workers know it and the workers that have finished
+        (the checkpoint's are older: SSP would wait for a finished worker, BSP count it)."""
         with self.state.cond:
             info = dict(self.recovering or {}, version=max(version, self.state.version))
             self.state.version = info["version"]
             for w, c in clocks.items():
                 self.state.clocks[int(w)] = max(self.state.clocks[int(w)], int(c))
             self.state.cond.notify_all()
+        for w in retired:
+            self.state.retire(int(w))
         self.publisher.clear()
         self.recovering = None
         return info
