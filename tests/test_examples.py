@@ -65,14 +65,16 @@ def test_inception_v3_cluster_example_plans_the_run_its_comment_promises():
 
 def test_a_batch_cut_to_a_worker_share_is_said_in_a_note(capfd, tmp_path):
     """ps-train refuses a batch larger than a worker's share; a program (or a sweep cell) that
-    runs `simulate` itself skipped that check, and its batches are cut: it must say so."""
+    runs `simulate` itself skipped that check, and its batches are cut: it must say so, once."""
     from ps_trainer.config import TrainConfig
     from ps_trainer.harness.simulate import simulate
 
     cfg = TrainConfig(simulate=True, model="digits_cnn_small", workers=4, batch_size=400, epochs=2,
                       run_dir=str(tmp_path / "run"), progress=False).validate()
-    simulate(cfg, log=lambda s: None)
-    err = capfd.readouterr().err
-    notes = [line for line in err.splitlines() if line.startswith("note: --batch-size 400")]
-    assert len(notes) == 4, err  # one per worker, each naming its share
-    assert all(re.search(r"share of the training set, so its batches are (359|360):", n) for n in notes)
+    lines = []
+    summary = simulate(cfg, log=lines.append)
+    notes = [line for line in lines if line.startswith("note: --batch-size 400")]
+    assert len(notes) == 1, lines  # once per run, not once per worker
+    assert "359 examples of a worker's share of the training set (359-360)" in notes[0]
+    assert "batch-size" not in capfd.readouterr().err  # and nowhere else
+    assert 359 * summary["steps"] <= summary["images"] <= 360 * summary["steps"]  # cut, as said

@@ -11,7 +11,6 @@ into disjoint worker partitions by `partition` (DistBelief: each model replica o
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,20 +80,12 @@ def partition(n: int, parts: int, seed: int) -> list[np.ndarray]:
 class Batches:
     """An endless stream of shuffled mini-batches over one partition, reshuffled every epoch.
 
-    A batch larger than the partition is cut to the partition, and that is said in a `note:`
-    line (on stderr; a Ray worker's reaches the driver's terminal). `ps-train` refuses such a
-    batch before anything starts (preflight.check_plan); a sweep cell or a program calling
-    `train` or `simulate` itself gets here."""
+    A batch larger than the partition is cut to the partition. `ps-train` refuses such a batch
+    before anything starts (preflight.check_plan); for a program calling `train` or `simulate`
+    itself, or a sweep cell, the run's plan says so once, in a `note:` line (trainer.plan)."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
         self.x, self.y, self.batch_size = x, y, min(batch_size, len(y))
-        self.note = "" if batch_size <= len(y) else (
-            f"--batch-size {batch_size} is more than the {len(y)} examples of this worker's "
-            f"share of the training set, so its batches are {len(y)}: each step takes the "
-            f"whole share and the run does fewer epochs than --epochs says (use --batch-size "
-            f"{len(y)} or less, or fewer --workers)")
-        if self.note:
-            print(f"note: {self.note}", file=sys.stderr, flush=True)
         self.rng = np.random.default_rng(seed)
         self.epoch, self._order, self._pos = 0, self.rng.permutation(len(y)), 0
 

@@ -69,7 +69,13 @@ def prepare(cfg: TrainConfig) -> Plan:
                          f"auxiliary heads) from {image_size}x{image_size} up, so they are upsampled "
                          f"to that (set --image-size)")
     n_train = len(data.y_train)
-    partition(n_train, cfg.workers, cfg.seed)  # raises if there are more workers than examples
+    shares = [len(p) for p in partition(n_train, cfg.workers, cfg.seed)]  # raises if K > N
+    if cfg.batch_size > min(shares):  # ps-train refuses this (preflight); train()/a sweep cell cut
+        notes.append(f"--batch-size {cfg.batch_size} is more than the {min(shares)} examples of "
+                     f"a worker's share of the training set ({min(shares)}-{max(shares)}), so "
+                     f"each worker's batches are its whole share: every step takes the whole "
+                     f"share and the run does fewer epochs than --epochs says (use --batch-size "
+                     f"{min(shares)} or less, or fewer --workers)")
     steps = math.ceil(cfg.epochs * n_train / (cfg.batch_size * cfg.workers))
     torch.manual_seed(cfg.seed)
     model = build(cfg.model, num_classes=data.num_classes, in_channels=spec.in_channels)
