@@ -43,11 +43,29 @@ class TrainConfig:
     model: str = _f("digits_cnn", "model name from the zoo (`ps-train models` lists them)")
     dataset: str = _f("digits", "digits (scikit-learn's bundled 8x8 digits, no download), "
                                 "synthetic (random ImageNet-shaped data, for throughput only), "
-                                "cifar10 (binary version, from --data-dir) or npz (--data-dir "
-                                "FILE.npz with x, y)")
-    data_dir: str = _f("", "where --dataset cifar10 or npz is read from (never downloaded)")
+                                "cifar10 (binary version, from --data-dir), npz (--data-dir "
+                                "FILE.npz with x, y) or parquet (--data-dir DIR made by `ps-train "
+                                "data prepare`, streamed by each worker)")
+    data_dir: str = _f("", "where --dataset cifar10, npz or parquet is read from (never "
+                           "downloaded); for parquet a local path or a pyarrow filesystem URI "
+                           "(s3://..., gs://..., file://...)")
     image_size: int = _f(0, "side of the square input in pixels; 0 = the data's own size, raised "
                             "to the model's minimum if smaller")
+    # --- streamed data (--dataset parquet): the papers' augmentation and evaluation ----------------
+    loader_workers: int = _f(-1, "DataLoader processes decoding each worker's images (-1 = the "
+                                 "whole CPUs a worker actor has, 0 = in the worker's own process)")
+    augment: str = _f("auto", "training crops: auto (the model's paper), inception (8 to 100 percent of "
+                              "the area, aspect 3/4-4/3), resnet (shorter side in [256, 480], "
+                              "random crop), pad_crop (CIFAR: pad 4, random crop) or none")
+    lighting: float = _f(-1.0, "AlexNet's PCA lighting noise std (-1 = the model's paper: 0.1 "
+                               "for AlexNet, else 0)")
+    flip: bool = _f(True, "random horizontal flips in training")
+    eval_images: int = _f(2000, "held-out images of each periodic evaluation (the final one "
+                                "uses the whole split)")
+    eval_crops: int = _f(1, "views per image in the final evaluation: 1 (central crop), 10 "
+                            "(corners, center and mirrors) or 144 (GoogLeNet's)")
+    crop_fraction: float = _f(0.0, "evaluation crop as a fraction of the resized shorter side "
+                                   "(0 = the model's paper: 0.875 for Inception)")
     # --- the parameter server and its workers (Dean et al. 2012) --------------------------------
     workers: int = _f(4, "asynchronous worker actors, each with its own data partition")
     ps_shards: int = _f(2, "parameter-server shards the flat weight vector is cut into")
@@ -138,7 +156,8 @@ class TrainConfig:
     dry_run: bool = _f(False, "check every setting, the data, the memory estimate and the output "
                               "locations, print the plan, and start nothing")
 
-    CHOICES = {"dataset": ("digits", "synthetic", "cifar10", "npz"), "lr_schedule": ("constant", "step"),
+    CHOICES = {"dataset": ("digits", "synthetic", "cifar10", "npz", "parquet"),
+               "augment": ("auto", "inception", "resnet", "pad_crop", "none"), "lr_schedule": ("constant", "step"),
                "device": ("auto", "cpu", "cuda"),
                "delay": ("none", "constant", "uniform", "exponential")}
 
@@ -240,9 +259,9 @@ class TrainConfig:
             value = getattr(self, flag.replace("-", "_"))
             _check(not value or fault_at(value)[0] < count, flag, value,
                    f"'I@N' with {who} I in [0, {count}) and N >= 1, e.g. 0@20")
-        if self.data_dir and self.dataset not in ("cifar10", "npz"):  # else silently unused
+        if self.data_dir and self.dataset not in ("cifar10", "npz", "parquet"):  # else unused
             raise ValueError(f"--data-dir {self.data_dir}: --dataset {self.dataset} reads no "
-                             f"files; add --dataset cifar10 or --dataset npz, or leave it out")
+                             f"files; add --dataset cifar10, npz or parquet, or leave it out")
         if "://" in self.run_dir:
             raise ValueError(f"--run-dir {self.run_dir}: the run directory (metrics, reports) is "
                              f"local; put the checkpoints on shared storage with --checkpoint-dir "
@@ -291,6 +310,12 @@ class TrainConfig:
             "max_shard_failures": _interval(0, MAX_RESTARTS, "an integer"),
             "threads_per_worker": _interval(1, MAX_THREADS, "an integer"),
             "seed": _interval(0, MAX_SEED, "an integer", note="(2**32 - 1, numpy's limit)"),
+            "loader_workers": (lambda v: -1 <= v <= MAX_THREADS,
+                               f"an integer in [-1, {MAX_THREADS}] (-1 = automatic)"),
+            "lighting": _or_default(_interval(0, 1)),
+            "eval_images": integer(1),
+            "eval_crops": (lambda v: v in (1, 10, 144), "1, 10 or 144"),
+            "crop_fraction": _interval(0, 1, note="(0 = the model's paper)"),
         }
 
 

@@ -31,11 +31,12 @@ ACCEPTED = {
       ("dc_lambda", "0"), ("dc_mean_square_decay", "0"), ("delay_mean", "0"), ("stragglers", "0"),
       ("sim_jitter", "0"), ("max_inflight", "0"), ("publish_interval", "0"),
       ("checkpoint_every", "0"), ("checkpoint_steps", "0"), ("max_worker_failures", "0"),
-      ("max_shard_failures", "0"), ("seed", "0")),
-    # -1: "the model's default" loss settings
-    ("label_smoothing", "-1"), ("aux_weight", "-1"),
+      ("max_shard_failures", "0"), ("seed", "0"), ("loader_workers", "0"), ("lighting", "0"),
+      ("crop_fraction", "0")),
+    # -1: "the model's default" (loss, lighting noise) or "automatic" (loader processes)
+    ("label_smoothing", "-1"), ("aux_weight", "-1"), ("lighting", "-1"), ("loader_workers", "-1"),
     # 0 is "false" for a switch, as in YAML
-    ("nesterov", "0"), ("dc_adaptive", "0"), ("simulate", "0"), ("progress", "0"),
+    ("nesterov", "0"), ("dc_adaptive", "0"), ("simulate", "0"), ("progress", "0"), ("flip", "0"),
     # any name is a folder name (written relative to the working directory): they are writable
     *(("run_dir", v) for v in VALUES), *(("checkpoint_dir", v) for v in VALUES),
 }

@@ -38,10 +38,30 @@ class Piece(NamedTuple):
 
 def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    fs, inner = filesystem(str(path))
+    with fs.open_input_stream(inner) as f:
         while chunk := f.read(block):
             h.update(chunk)
     return h.hexdigest()
+
+
+def file_size(path: str) -> int | None:
+    """Bytes of the file at `path` (local or URI); None if there is none."""
+    import pyarrow.fs as pafs
+
+    fs, inner = filesystem(path)
+    info = fs.get_file_info(inner)
+    return info.size if info.type == pafs.FileType.File else None
+
+
+def open_parquet(path: str):
+    """A pyarrow ParquetFile at `path` (local or URI)."""
+    import pyarrow.parquet as pq
+
+    if not _remote(path):
+        return pq.ParquetFile(path)
+    fs, inner = filesystem(path)
+    return pq.ParquetFile(fs.open_input_file(inner))
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:
@@ -66,11 +86,30 @@ def _dumps(x, indent: int = 0) -> str:
     return brackets[0] + "\n" + ",\n".join(lines) + "\n" + " " * indent + brackets[1]
 
 
+def _remote(dst) -> bool:
+    return "://" in str(dst)
+
+
+def filesystem(location: str):
+    """(pyarrow FileSystem, path in it) of a local path or a filesystem URI (s3://, gs://,
+    hdfs://, file://): what the readers open files with."""
+    import pyarrow.fs as pafs
+
+    if _remote(location):
+        return pafs.FileSystem.from_uri(str(location))
+    return pafs.LocalFileSystem(), str(location)
+
+
 def read_json(dst: str | os.PathLike) -> dict:
     """The manifest of `dst` as written, complete or not; ValueError if it is not one of ours."""
-    path = Path(dst) / MANIFEST
+    path = Path(dst) / MANIFEST if not _remote(dst) else f"{str(dst).rstrip('/')}/{MANIFEST}"
     try:
-        data = json.loads(path.read_text())
+        if _remote(dst):
+            fs, inner = filesystem(str(path))
+            with fs.open_input_stream(inner) as f:
+                data = json.loads(f.read())
+        else:
+            data = json.loads(path.read_text())
     except FileNotFoundError:
         raise ValueError(f"{dst}: not a prepared data folder (no {MANIFEST}); make one with "
                          f"`ps-train data prepare SRC {dst}`") from None
@@ -87,7 +126,11 @@ class Manifest:
     """A prepared folder, checked (see the module docstring). `data` is the manifest as written."""
 
     def __init__(self, root: str | os.PathLike, data: dict):
-        self.root, self.data = Path(root), data
+        self.root, self.data = (str(root).rstrip("/") if _remote(root) else Path(root)), data
+
+    def location(self, name: str) -> str:
+        """Where file `name` of this folder is: a local path or a URI, as the folder's."""
+        return f"{self.root}/{name}" if _remote(self.root) else str(self.root / name)
 
     @property
     def classes(self) -> list[str]:
@@ -106,14 +149,12 @@ class Manifest:
 
     def pieces(self, split: str) -> list[Piece]:
         """Every row group of `split`, in file order: the units a worker reads whole."""
-        return [Piece(str(self.root / f["name"]), i, n)
+        return [Piece(self.location(f["name"]), i, n)
                 for f in self.files(split) for i, n in enumerate(f["row_groups"])]
 
     def read(self, piece: Piece):
         """One row group as a pyarrow.Table with columns image, label, path."""
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(piece.path).read_row_group(piece.row_group)
+        return open_parquet(piece.path).read_row_group(piece.row_group)
 
     def check(self, checksums: bool = False) -> None:
         """ValueError naming the first file that is missing, of the wrong size or (with
@@ -126,14 +167,15 @@ class Manifest:
                                  f"{sum(f['rows'] for f in files)} rows, not the "
                                  f"{self.images(split)} images it lists")
             for f in files:
-                path = self.root / f["name"]
+                path = self.location(f["name"])
                 if sum(f["row_groups"]) != f["rows"]:
                     raise ValueError(f"{path}: row groups of {sum(f['row_groups'])} rows in "
                                      f"all, not {f['rows']}")
-                if not path.is_file():
+                size = file_size(path)
+                if size is None:
                     raise ValueError(f"{path}: missing; {fix}")
-                if path.stat().st_size != f["bytes"]:
-                    raise ValueError(f"{path}: {path.stat().st_size:,} bytes, the manifest says "
+                if size != f["bytes"]:
+                    raise ValueError(f"{path}: {size:,} bytes, the manifest says "
                                      f"{f['bytes']:,}; {fix}")
                 if checksums and sha256_file(path) != f["sha256"]:
                     raise ValueError(f"{path}: sha256 differs from the manifest's; {fix}")
@@ -148,7 +190,7 @@ class Manifest:
 def load(dst: str | os.PathLike, checksums: bool = False) -> Manifest:
     """The prepared folder `dst`, checked: complete, every file present with its recorded size
     (and sha256 with `checksums`, which reads every file)."""
-    if not Path(dst).is_dir():
+    if not _remote(dst) and not Path(dst).is_dir():
         raise ValueError(f"{dst}: no such directory (make it with `ps-train data prepare SRC "
                          f"{dst}`)")
     data = read_json(dst)

@@ -37,7 +37,7 @@ from ..config import TrainConfig, fault_at
 from ..core import FlatModel, ShardState
 from ..core import checkpoint
 from ..core.publish import Published, Publisher
-from ..data import Batches, partition
+from ..data.stream import open_batches
 from ..models import build
 from ..trainer import lock
 from ..trainer.divergence import Diverged, DivergenceWatch
@@ -45,7 +45,7 @@ from ..trainer.metrics import RunDirectory, new_run_dir
 from ..trainer.progress import ProgressBar
 from ..trainer.signals import stop_requested
 from ..trainer.evaluate import Evaluator
-from ..trainer.plan import prepare, shard_options, worker_options
+from ..trainer.plan import prepare, shard_options, worker_data, worker_options
 from ..trainer.summary import summarize
 from ..transport.inprocess import InProcessClient
 from ..worker.delays import worker_delays
@@ -69,7 +69,6 @@ class Simulation:
         # evaluator reads the current weights: the final evaluation is of what the checkpoint has.)
         self.publishers = [Publisher(cfg.publish_every, cfg.publish_interval) for _ in self.shards]
         self.delays = worker_delays(cfg)
-        self.parts = partition(len(plan.data.y_train), cfg.workers, cfg.seed)
         self.workers = [self.make_worker(i) for i in range(cfg.workers)]
         # --crash-worker-at W@S: worker W's process dies before its step S, as on Ray; it is
         # replaced (`replace`) by a worker that continues from the pushes the shards recorded.
@@ -99,20 +98,20 @@ class Simulation:
     def now(self) -> float:
         return self.t
 
-    def make_worker(self, i: int, clock: int = 0) -> Worker:
-        """Logical worker i on its partition, as `trainer.run.make_worker` makes its actor: the
-        same model seed, batch order and options; `clock`: pushes the shards recorded for it."""
+    def make_worker(self, i: int, clock: int = 0, position: int | None = None) -> Worker:
+        """Logical worker i on its partition, as `trainer.actors.make_worker` makes its actor:
+        the same model seed, batch order and options; `clock`: pushes the shards recorded for it,
+        `position`: the batch it starts at (by default that of its recorded pushes)."""
         cfg, plan = self.cfg, self.plan
         options = worker_options(plan)
         options["max_inflight"] = 0  # pushes are applied at once: rows are written as they happen
         torch.manual_seed(cfg.seed * 1000 + i)  # as WorkerActor (the first pull overwrites it)
         model = build(cfg.model, num_classes=plan.data.num_classes, in_channels=plan.in_channels)
-        idx = self.parts[i]
+        start = clock * cfg.push_every if position is None else position
+        batches = open_batches(worker_data(plan, i, start), cfg.batch_size, cfg.seed * 1000 + i)
         w = Worker(i, FlatModel(model, plan.layout), self.specs,
                    InProcessClient(self.shards, clock=self.now, publishers=self.publishers),
-                   Batches(plan.data.x_train[idx], plan.data.y_train[idx], cfg.batch_size,
-                           seed=cfg.seed * 1000 + i),
-                   in_channels=plan.in_channels, clock=clock, **options)
+                   batches, in_channels=plan.in_channels, clock=clock, **options)
         w.now = self.now
         return w
 
@@ -180,13 +179,11 @@ class Simulation:
             workers.append({"step_count": w.step_count, "clock": w.clock, "images": w.images,
                             "pushes_sent": w.pushes_sent, "last_loss": w.last_loss,
                             "versions": w.versions, "window": w.window, "timing": w.timing,
-                            "epoch": b.epoch,
-                            "pos": b._pos, "batch_rng": b.rng.bit_generator.state,
+                            "position": b.position,
                             "delay_rng": self.delays[w.id].rng.bit_generator.state,
                             "jitter_rng": self.jitter[w.id].bit_generator.state})
             for name in ("params", "buffers", "grads"):
                 extra[f"w{w.id}.{name}"] = getattr(w.flat, name).numpy()
-            extra[f"w{w.id}.order"] = b._order
         published = []  # what each shard's publisher serves now: the next pulls read it
         for i, p in enumerate(self.publishers):
             published.append({})
@@ -217,9 +214,9 @@ class Simulation:
         for w, st in zip(self.workers, meta["workers"]):
             for name in ("params", "buffers", "grads"):
                 getattr(w.flat, name).copy_(torch.from_numpy(extra[f"w{w.id}.{name}"]))
-            b = w.batches
-            b.epoch, b._pos, b._order = st["epoch"], st["pos"], extra[f"w{w.id}.order"].copy()
-            b.rng.bit_generator.state = st["batch_rng"]
+            # the same batches from where it was (a stream's or a partition's: by position)
+            w.batches = open_batches(worker_data(self.plan, w.id, st["position"]),
+                                     self.cfg.batch_size, self.cfg.seed * 1000 + w.id)
             self.delays[w.id].rng.bit_generator.state = st["delay_rng"]
             self.jitter[w.id].bit_generator.state = st["jitter_rng"]
             w.step_count, w.clock, w.images = st["step_count"], st["clock"], st["images"]

@@ -24,8 +24,7 @@ from __future__ import annotations
 from ..config import fault_at
 from ..core import ShardState
 from ..core import checkpoint
-from ..data import partition
-from .plan import Plan, shard_options, worker_options
+from .plan import Plan, loader_processes, shard_options, worker_data, worker_options
 
 
 ZERO = {"steps": 0, "images": 0, "loss": float("nan"), "pushes_sent": 0}  # a worker's progress
@@ -82,23 +81,24 @@ def make_shards(plan: Plan, resources) -> list:
 
 def make_worker(plan: Plan, shards: list, resources, i: int, crash: bool = True, clock: int = 0):
     """Worker actor i on its data partition (`crash`: honour --crash-worker-at for it), starting
-    at `clock` pushes: the count the shards recorded for it (SSP's clock, after a restart)."""
+    at `clock` pushes: the count the shards recorded for it (SSP's clock, after a restart), and
+    at the batch its predecessors' recorded pushes had reached."""
     import ray
 
     from ..worker.delays import worker_delays
     from ..worker.ray_worker import WorkerActor
 
     cfg, data = plan.cfg, plan.data
-    idx = partition(len(data.y_train), cfg.workers, cfg.seed)[i]
+    gpu = resources.device == "cuda"
     w, step = fault_at(cfg.crash_worker_at)
     crash_at = step if crash and w == i else 0
     return ray.remote(WorkerActor).options(
         num_cpus=resources.worker_cpus, num_gpus=resources.worker_gpus, max_concurrency=2).remote(
         i, cfg.model, data.num_classes, plan.in_channels, shards, plan.layout.shards(cfg.ps_shards),
-        data.x_train[idx], data.y_train[idx], batch_size=cfg.batch_size, seed=cfg.seed,
-        device=resources.device, threads=cfg.threads_per_worker,
+        worker_data(plan, i, start=clock * cfg.push_every), batch_size=cfg.batch_size,
+        seed=cfg.seed, device=resources.device, threads=cfg.threads_per_worker,
         options={**worker_options(plan), "delay": worker_delays(cfg)[i], "clock": clock},
-        crash_at=crash_at)
+        crash_at=crash_at, loader=loader_processes(cfg, resources.worker_cpus, gpu))
 
 
 def make_workers(plan: Plan, shards: list, resources, clocks: dict | None = None) -> list:

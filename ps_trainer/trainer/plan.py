@@ -44,6 +44,8 @@ class Plan:
     layout: ParamLayout
     model: torch.nn.Module
     notes: list
+    # --dataset parquet: (augment.TrainTransform, augment.EvalTransform) of the model's paper
+    transforms: tuple | None = None
 
 
 def prepare(cfg: TrainConfig) -> Plan:
@@ -68,9 +70,16 @@ def prepare(cfg: TrainConfig) -> Plan:
             notes.append(f"{cfg.dataset} images are {native}x{native}; {cfg.model} trains (with its "
                          f"auxiliary heads) from {image_size}x{image_size} up, so they are upsampled "
                          f"to that (set --image-size)")
-    n_train = len(data.y_train)
+    n_train = data.n_train
     shares = [len(p) for p in partition(n_train, cfg.workers, cfg.seed)]  # raises if K > N
-    if cfg.batch_size > min(shares):  # ps-train refuses this (preflight); train()/a sweep cell cut
+    transforms = None
+    if data.streamed:  # a stream's batches cross epochs: never cut
+        from ..data.augment import transforms_for
+
+        transforms = transforms_for(cfg.model, image_size, augment=cfg.augment,
+                                    lighting=cfg.lighting, flip=cfg.flip,
+                                    eval_crops=cfg.eval_crops, crop_fraction=cfg.crop_fraction)
+    elif cfg.batch_size > min(shares):  # ps-train refuses this (preflight); train()/a sweep cut
         notes.append(f"--batch-size {cfg.batch_size} is more than the {min(shares)} examples of "
                      f"a worker's share of the training set ({min(shares)}-{max(shares)}), so "
                      f"each worker's batches are its whole share: every step takes the whole "
@@ -85,7 +94,8 @@ def prepare(cfg: TrainConfig) -> Plan:
     # push (async, SSP, ...) or one BSP step on the mean of K - b of them.
     per_update = make_policy(cfg.policy, **cfg.policy_options()).gradients_per_update()
     return Plan(cfg, data, spec.in_channels, image_size, steps,
-                n_train / (cfg.batch_size * cfg.push_every * per_update), layout, model, notes)
+                n_train / (cfg.batch_size * cfg.push_every * per_update), layout, model, notes,
+                transforms)
 
 
 def trainable_size(name: str, spec, size: int, *, explicit: bool) -> int:
@@ -154,3 +164,26 @@ def worker_options(plan: Plan) -> dict:
         loss["aux_weight"] = cfg.aux_weight
     return dict(image_size=plan.image_size, fetch_every=cfg.fetch_every,
                 push_every=cfg.push_every, max_inflight=cfg.max_inflight, **loss)
+
+
+def worker_data(plan: Plan, i: int, start: int = 0) -> dict:
+    """What worker i reads, from its batch `start` on (a replaced worker, or a resumed run,
+    continues its predecessor's batches): its partition's arrays, shipped to it, or, for a
+    prepared data set, the description of its stream (stream.py), never pixels."""
+    from ..data.stream import PartitionStream
+
+    cfg, data = plan.cfg, plan.data
+    if data.streamed:
+        return {"stream": PartitionStream(data.root, data.pieces("train"), i, cfg.workers, cfg.seed,
+                                          cfg.batch_size, plan.transforms[0], start)}
+    idx = partition(data.n_train, cfg.workers, cfg.seed)[i]
+    return {"x": data.x_train[idx], "y": data.y_train[idx], "start": start}
+
+
+def loader_processes(cfg: TrainConfig, worker_cpus: float, gpu: bool) -> int:
+    """--loader-workers, or by default the worker's whole CPUs, less the one its own loop uses
+    on a CPU worker (a GPU worker's loop mostly waits for the GPU)."""
+    if cfg.loader_workers >= 0:
+        return cfg.loader_workers
+    return max(0, int(worker_cpus) - (0 if gpu else 1))
+

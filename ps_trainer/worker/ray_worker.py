@@ -1,7 +1,9 @@
 """The worker as a Ray actor: builds its model replica and runs `Worker.step` in a loop.
 
 The actor is threaded (max_concurrency=2) so the driver can drain metrics or ask it to stop while
-`run` is looping. Its data partition arrives as numpy arrays (zero-copy from the object store).
+`run` is looping. Its data partition arrives as numpy arrays (zero-copy from the object store),
+or, for a prepared data set, as the description of its stream, which it reads itself, decoding
+in `loader` DataLoader processes (data/stream.py).
 """
 
 from __future__ import annotations
@@ -10,11 +12,10 @@ import os
 import threading
 import time
 
-import numpy as np
 import torch
 
 from ..core.layout import FlatModel, ShardSpec
-from ..data.datasets import Batches
+from ..data.stream import open_batches
 from ..models import build
 from ..transport.ray_shard import RayClient, Stopped
 from .worker import Worker
@@ -22,15 +23,14 @@ from .worker import Worker
 
 class WorkerActor:
     def __init__(self, worker_id: int, model_name: str, num_classes: int, in_channels: int,
-                 shards: list, specs: list[ShardSpec], x: np.ndarray, y: np.ndarray, *,
-                 batch_size: int, seed: int, device: str, threads: int, options: dict,
-                 crash_at: int = 0):
+                 shards: list, specs: list[ShardSpec], data: dict, *, batch_size: int, seed: int,
+                 device: str, threads: int, options: dict, crash_at: int = 0, loader: int = 0):
         torch.set_num_threads(threads)
         torch.manual_seed(seed * 1000 + worker_id)
         model = build(model_name, num_classes=num_classes, in_channels=in_channels)
         dev = "cuda" if device == "cuda" else "cpu"
         flat = FlatModel(model, device=dev)
-        batches = Batches(x, y, batch_size, seed=seed * 1000 + worker_id)
+        batches = open_batches(data, batch_size, seed * 1000 + worker_id, loader, dev == "cuda")
         self._stop = threading.Event()
         self.worker = Worker(worker_id, flat, specs, RayClient(shards, stop=self._stop), batches,
                              in_channels=in_channels, device=dev, **options)

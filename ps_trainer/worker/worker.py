@@ -82,8 +82,8 @@ class Worker:
     def compute(self) -> float:
         """Forward and backward on one mini-batch; gradients accumulate in the flat buffer."""
         x, y = next(self.batches)
-        x = torch.from_numpy(x).to(self.device, non_blocking=True)  # (B, C, H, W)
-        y = torch.from_numpy(y).to(self.device, non_blocking=True)  # (B,)
+        x = torch.as_tensor(x).to(self.device, non_blocking=True)  # (B, C, H, W); numpy or a
+        y = torch.as_tensor(y).to(self.device, non_blocking=True)  # (B,)  stream's tensors
         if self.in_channels and x.shape[1] != self.in_channels:
             x = x.expand(-1, self.in_channels, -1, -1)  # grey -> RGB for ImageNet models
         if self.image_size and x.shape[-1] != self.image_size:
