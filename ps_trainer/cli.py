@@ -8,6 +8,8 @@ lists the zoo.
     ps-train sweep examples/staleness_sweep.yaml && ps-train report runs/staleness_sweep
     ps-train --resume runs/RUN                 # continue from the latest checkpoint
     ps-train export runs/RUN --weights polyak --out model.pt
+    ps-train data prepare ~/imagenet data/imagenet   # image folders or CIFAR into Parquet
+    ps-train --dataset parquet --data-dir data/imagenet --model inception_v3
 
 Flags are generated from `TrainConfig`, so `--help` always shows every setting and its default.
 
@@ -35,7 +37,7 @@ from pathlib import Path
 from .config import TrainConfig
 from .flags import ArgumentParser
 
-SUBCOMMANDS = ("train", "models", "sweep", "report", "export")
+SUBCOMMANDS = ("train", "models", "sweep", "report", "export", "data")
 
 
 class _Switch(argparse.Action):
@@ -121,6 +123,16 @@ def cmd_harness(name: str, argv: list[str]) -> int:
     return import_module(f"{package}.{name}", __package__).main(argv)
 
 
+def cmd_data(argv: list[str]) -> int:
+    """`ps-train data prepare SRC DST` (data/prepare.py)."""
+    if argv[:1] != ["prepare"]:
+        raise ValueError(f"{(argv or ['(nothing)'])[0]}: unknown; the data sub-command is "
+                         f"`ps-train data prepare SRC DST` (`--help` for its settings)")
+    from .data import prepare
+
+    return prepare.main(argv[1:])
+
+
 def cmd_train(argv: list[str], context: dict) -> int:
     """Check everything that can be checked (the settings, then the data, the model and the
     places the run writes), then run, in the simulator or on Ray. `context['cfg']` is the
@@ -198,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "models":
         return guarded("ps-train models", argv, lambda: cmd_models(argv[1:]))
+    if argv and argv[0] == "data":
+        return guarded(" ".join(["ps-train", *argv[:2]]), argv, lambda: cmd_data(argv[1:]))
     if argv and argv[0] in ("sweep", "report", "export"):
         return guarded(f"ps-train {argv[0]}", argv, lambda: cmd_harness(argv[0], argv[1:]))
     settings = argv[1:] if argv[:1] == ["train"] else argv

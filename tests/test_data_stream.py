@@ -38,7 +38,7 @@ def test_each_epoch_is_cut_into_disjoint_ranges_that_cover_it_once(workers):
 class Pixels:
     """A transform that keeps the decoded colour: (3, 2, 2) of the image's mean RGB / 255."""
 
-    size = None
+    decode_side = None
 
     def __call__(self, img, rng):
         mean = np.asarray(img, np.float32).reshape(-1, 3).mean(axis=0) / 255

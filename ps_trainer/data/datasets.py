@@ -95,6 +95,9 @@ def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.2,
         m = manifest.load(data_dir)
         if not m.images("train"):
             raise ValueError(f"--data-dir {data_dir}: its train split has no images")
+        if "val" not in m.splits or not m.images("val"):
+            raise ValueError(f"--data-dir {data_dir}: it has no held-out (val) images to evaluate "
+                             f"on; prepare it with a val/ folder or --val-fraction")
         return Prepared(name, data_dir, m, (3, *synthetic_shape[1:]))
     if name == "synthetic":
         rng = np.random.default_rng(seed)

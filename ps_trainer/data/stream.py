@@ -116,7 +116,7 @@ class PartitionStream(torch.utils.data.IterableDataset):
             order = row_order(piece.rows, self.seed, s.epoch, s.piece)[first:last]
             images, labels = table.column("image").combine_chunks(), table.column("label").to_numpy()
             for r in order:
-                img = augment.decode(images[int(r)].as_py(), getattr(self.transform, "size", None))
+                img = augment.decode(images[int(r)].as_py(), self.transform.decode_side)
                 # one generator per image: its augmentation is the same whoever reads it, from
                 # whichever position (a resumed stream repeats an uninterrupted one exactly)
                 rng = np.random.default_rng([self.seed, s.epoch, s.piece, int(r)])
@@ -153,6 +153,34 @@ class StreamBatches:
         return self
 
 
+def held_out(pieces: list, transform, batch_size: int, limit: int | None = None):
+    """(x (b * views, 3, S, S), y (b,)) batches of a held-out split, its first `limit` images in
+    file order (the same ones every evaluation), decoded here; `transform` gives each image's
+    views (`augment.EvalTransform`)."""
+    from . import augment
+
+    xs, ys, n = [], [], 0
+    files: dict = {}
+    for piece in pieces:
+        if piece.path not in files:
+            files = {piece.path: open_parquet(piece.path)}  # one open file at a time
+        table = files[piece.path].read_row_group(piece.row_group, columns=["image", "label"])
+        images, labels = table.column("image").combine_chunks(), table.column("label").to_numpy()
+        for r in range(piece.rows):
+            if limit is not None and n >= limit:
+                break
+            xs.append(transform(augment.decode(images[r].as_py(), transform.decode_side)))
+            ys.append(int(labels[r]))
+            n += 1
+            if len(ys) == batch_size:
+                yield torch.from_numpy(np.concatenate(xs)), torch.tensor(ys, dtype=torch.int64)
+                xs, ys = [], []
+        if limit is not None and n >= limit:
+            break
+    if ys:
+        yield torch.from_numpy(np.concatenate(xs)), torch.tensor(ys, dtype=torch.int64)
+
+
 def open_batches(data: dict, batch_size: int, seed: int, processes: int = 0,
                  pin_memory: bool = False):
     """A worker's batches from what `trainer.plan.worker_data` gave it: its stream, or its
@@ -164,4 +192,4 @@ def open_batches(data: dict, batch_size: int, seed: int, processes: int = 0,
     return Batches(data["x"], data["y"], batch_size, seed=seed, start=data["start"])
 
 
-__all__ = ["Piece", "Slice", "partition", "row_order", "PartitionStream", "StreamBatches", "open_batches"]
+__all__ = ["Piece", "Slice", "partition", "row_order", "PartitionStream", "StreamBatches", "held_out", "open_batches"]

@@ -289,7 +289,7 @@ class Simulation:
         diverged = watch.diverged()
         if not diverged:
             self.checkpoint()  # before the final evaluation: a resumed run evaluates it again
-        final = self.evaluator(self.done_steps, 0.0)
+        final = self.evaluator(self.done_steps, 0.0, final=True)
         run.evals.write(final)
         run.close()
         progress = {w.id: {"worker": w.id, "steps": self.steps_done(w), "images": w.images,

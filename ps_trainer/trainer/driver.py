@@ -357,7 +357,7 @@ class Driver:
         if self.broken and self.last_evals:
             final = self.last_evals
         else:
-            final = self.evaluator(steps, self.t0)
+            final = self.evaluator(steps, self.t0, final=True)
             self.directory.evals.write(final)
         return self.report(final, train_time, interrupted)
 

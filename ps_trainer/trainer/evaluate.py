@@ -11,6 +11,7 @@ the simulator.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -25,8 +26,8 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def prepare(x: np.ndarray, in_channels: int, image_size: int, device) -> torch.Tensor:
-    t = torch.from_numpy(x).to(device)  # (B, C, H, W)
+def prepare(x, in_channels: int, image_size: int, device) -> torch.Tensor:
+    t = torch.as_tensor(x).to(device)  # (B, C, H, W), from numpy or a stream's tensor
     if t.shape[1] != in_channels:
         t = t.expand(-1, in_channels, -1, -1)
     if image_size and t.shape[-1] != image_size:
@@ -39,36 +40,70 @@ def recompute_bn(model: nn.Module, x: np.ndarray, batch_size: int, batches: int,
                  image_size: int, seed: int, device="cpu") -> None:
     """Reset BatchNorm running statistics and re-estimate them as a cumulative average over
     `batches` random training batches (momentum=None), as swa_utils.update_bn does."""
+    rng = np.random.default_rng(seed)
+    recompute_bn_from(model, (x[rng.choice(len(x), size=min(batch_size, len(x)), replace=False)]
+                              for _ in range(batches)), in_channels, image_size, device)
+
+
+@torch.no_grad()
+def recompute_bn_from(model: nn.Module, xs, in_channels: int, image_size: int, device="cpu") -> None:
+    """`recompute_bn` over the image batches `xs` (arrays or tensors): a stream's, or random ones."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
-    rng = np.random.default_rng(seed)
     model.train()
-    for _ in range(batches):
-        idx = rng.choice(len(x), size=min(batch_size, len(x)), replace=False)
-        model(prepare(x[idx], in_channels, image_size, device))
+    for x in xs:
+        model(prepare(x, in_channels, image_size, device))
     for m, mom in zip(bns, saved):
         m.momentum = mom
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, *, in_channels: int, image_size: int,
              batch_size: int = 256, device="cpu") -> dict:
-    """Top-1, top-5 accuracy and mean cross-entropy of `model` in eval mode."""
+    """Top-1, top-5 accuracy and mean cross-entropy of `model` in eval mode, on arrays."""
+    return evaluate_batches(model, ((x[i:i + batch_size], y[i:i + batch_size])
+                                    for i in range(0, len(y), batch_size)),
+                            in_channels=in_channels, image_size=image_size, device=device)
+
+
+@torch.no_grad()
+def evaluate_batches(model: nn.Module, batches, *, in_channels: int, image_size: int,
+                     views: int = 1, device="cpu") -> dict:
+    """`evaluate` over (x (b * views, C, H, W), y (b,)) batches: with several views (crops) of
+    each image, its prediction is the mean of their softmaxes (multi-crop evaluation, Krizhevsky
+    et al. 2012, Szegedy et al. 2014 sec. 7), and the loss that of the mean."""
     model.eval()
-    correct1 = correct5 = 0
+    correct1 = correct5 = n = 0
     loss = 0.0
-    for i in range(0, len(y), batch_size):
-        logits = main_logits(model(prepare(x[i:i + batch_size], in_channels, image_size, device)))
-        target = torch.from_numpy(y[i:i + batch_size]).to(logits.device)
-        loss += float(F.cross_entropy(logits, target, reduction="sum"))
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)
+    for x, y in batches:
+        logits = main_logits(model(prepare(x, in_channels, image_size, device)))
+        target = torch.as_tensor(y).to(logits.device)
+        probs = F.softmax(logits.float(), dim=1).view(len(target), views, -1).mean(dim=1)
+        loss += float(F.nll_loss(probs.clamp_min(1e-12).log(), target, reduction="sum"))
+        top = probs.topk(min(5, probs.shape[1]), dim=1).indices  # (B, 5)
         correct1 += int((top[:, 0] == target).sum())
         correct5 += int((top == target[:, None]).any(dim=1).sum())
-    n = max(1, len(y))
+        n += len(target)
+    n = max(1, n)
     return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss / n}
+
+
+def bn_batches(plan):
+    """Training image batches to re-estimate BatchNorm statistics from (`plan`: the run's
+    `plan.Plan`): random ones of the arrays, or the first of a stream over the training split."""
+    cfg, data = plan.cfg, plan.data
+    if not data.streamed:
+        rng = np.random.default_rng(cfg.seed)
+        x = data.x_train
+        return (x[rng.choice(len(x), size=min(cfg.batch_size, len(x)), replace=False)]
+                for _ in range(cfg.bn_batches))
+    from ..data.stream import PartitionStream, StreamBatches
+
+    stream = StreamBatches(PartitionStream(data.root, data.pieces("train"), 0, 1, cfg.seed,
+                                           cfg.batch_size, plan.transforms[0]))
+    return (next(stream)[0] for _ in range(cfg.bn_batches))
 
 
 class Evaluator:
@@ -82,8 +117,11 @@ class Evaluator:
         self.specs = plan.layout.shards(plan.cfg.ps_shards)
         self.bn = has_batchnorm(self.model)
 
-    def __call__(self, step: int, t0: float) -> list[dict]:
-        cfg, data, layout = self.plan.cfg, self.plan.data, self.plan.layout
+    def __call__(self, step: int, t0: float, final: bool = False) -> list[dict]:
+        """Rows of the raw and the Polyak weights' accuracy at `step`; on a streamed data set the
+        `final` one uses the whole held-out split and --eval-crops views, the others
+        --eval-images images and one central crop."""
+        cfg, layout = self.plan.cfg, self.plan.layout
         rows = []
         for weights in ("raw", "polyak"):
             snaps = self.client.pull(averaged=weights == "polyak")
@@ -94,12 +132,28 @@ class Evaluator:
             if self.bn:
                 bn = "pushed"
                 if weights == "polyak":
-                    recompute_bn(self.model, data.x_train, cfg.batch_size, cfg.bn_batches,
-                                 self.plan.in_channels, self.plan.image_size, cfg.seed)
+                    recompute_bn_from(self.model, bn_batches(self.plan), self.plan.in_channels,
+                                      self.plan.image_size)
                     bn = f"recomputed ({cfg.bn_batches} batches)"
-            m = evaluate(self.model, data.x_test, data.y_test, in_channels=self.plan.in_channels,
-                         image_size=self.plan.image_size)
+            batches, views = self.held_out(final)
+            m = evaluate_batches(self.model, batches, in_channels=self.plan.in_channels,
+                                 image_size=self.plan.image_size, views=views)
             now = self.clock()
             rows.append({"time": now, "elapsed": now - t0, "step": step,
                          "weights": weights, "bn": bn, **m})
         return rows
+
+    def held_out(self, final: bool):
+        """(batches of (x, y), views per image) of the held-out split."""
+        cfg, data = self.plan.cfg, self.plan.data
+        if not data.streamed:
+            return ((data.x_test[i:i + 256], data.y_test[i:i + 256])
+                    for i in range(0, data.n_test, 256)), 1
+        from ..data.stream import held_out
+
+        transform = self.plan.transforms[1]
+        if not final and transform.crops != 1:
+            transform = dataclasses.replace(transform, crops=1)
+        limit = None if final else cfg.eval_images
+        return held_out(data.pieces("val"), transform, max(1, 256 // transform.crops), limit), \
+            transform.crops

@@ -29,7 +29,7 @@ def served_bn(sd: dict) -> np.ndarray:
 
 
 def export(run_dir: str, weights: str, out: str) -> dict:
-    from .evaluate import has_batchnorm, recompute_bn
+    from .evaluate import bn_batches, has_batchnorm, recompute_bn_from
     from .plan import prepare
 
     if weights not in ("raw", "polyak"):
@@ -49,8 +49,7 @@ def export(run_dir: str, weights: str, out: str) -> dict:
     plan.layout.load_into(model, np.concatenate([sd[key] for sd in states]),
                           np.concatenate([served_bn(sd) for sd in states]))
     if weights == "polyak" and has_batchnorm(model):
-        recompute_bn(model, plan.data.x_train, cfg.batch_size, cfg.bn_batches, plan.in_channels,
-                     plan.image_size, cfg.seed)
+        recompute_bn_from(model, bn_batches(plan), plan.in_channels, plan.image_size)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out)
     return {"model": cfg.model, "num_classes": plan.data.num_classes,

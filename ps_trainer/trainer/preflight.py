@@ -20,9 +20,10 @@ from ..config import TrainConfig
 
 def check_plan(plan) -> None:
     """The upper bounds that depend on the data: a `run.Plan` from `prepare(cfg)`."""
-    cfg, n = plan.cfg, len(plan.data.y_train)
+    cfg, n = plan.cfg, plan.data.n_train
     share = n // cfg.workers  # the smallest partition (array_split: sizes differ by at most 1)
-    if cfg.batch_size > share:  # a worker's batches would silently shrink to its whole share
+    # A worker's batches would silently shrink to its whole share (a stream's cross epochs).
+    if cfg.batch_size > share and not plan.data.streamed:
         raise ValueError(f"--batch-size {cfg.batch_size} is more than one worker's share of the "
                          f"training set ({n} examples / --workers {cfg.workers} = {share}); use "
                          f"--batch-size {share} or less, or fewer --workers")
@@ -138,7 +139,7 @@ def describe(plan, where: str) -> str:
     lines = [*(f"note: {n}" for n in plan.notes),
              f"model:       {cfg.model}, {plan.layout.num_params:,} parameters in {cfg.ps_shards} "
              f"shard(s) of {min(sizes):,}-{max(sizes):,}",
-             f"data:        {cfg.dataset}, {len(data.y_train):,} training and {len(data.y_test):,} "
+             f"data:        {cfg.dataset}, {data.n_train:,} training and {data.n_test:,} "
              f"test images of {shape}, {data.num_classes} classes, trained at "
              f"{plan.image_size}x{plan.image_size}",
              f"steps:       {plan.steps_per_worker:,} per worker x {cfg.workers} worker(s) at "
