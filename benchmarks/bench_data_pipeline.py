@@ -97,7 +97,9 @@ def pipeline(m: manifest.Manifest, transform, loaders: int, images: int) -> floa
     n, t = 0, time.perf_counter()
     while n < images:
         n += len(next(batches)[1])
-    return n / (time.perf_counter() - t)
+    rate = n / (time.perf_counter() - t)
+    batches.close()
+    return rate
 
 
 def ray_data(m: manifest.Manifest, transform, processes: int, images: int) -> float | None:

@@ -152,6 +152,12 @@ class StreamBatches:
     def __iter__(self):
         return self
 
+    def close(self) -> None:
+        """Stop the loader processes now (else they stop when this object is collected)."""
+        shutdown = getattr(self._it, "_shutdown_workers", None)
+        if shutdown:
+            shutdown()
+
 
 def held_out(pieces: list, transform, batch_size: int, limit: int | None = None):
     """(x (b * views, 3, S, S), y (b,)) batches of a held-out split, its first `limit` images in

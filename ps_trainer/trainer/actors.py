@@ -105,3 +105,24 @@ def make_workers(plan: Plan, shards: list, resources, clocks: dict | None = None
     """Every worker of the run, worker i starting at `clocks[i]` pushes (0 for a fresh run)."""
     return [make_worker(plan, shards, resources, i, clock=(clocks or {}).get(i, 0))
             for i in range(plan.cfg.workers)]
+
+
+def make_evaluator(plan: Plan, shards: list, resources):
+    """Where a run's evaluations happen: in the driver for data held in memory (small by
+    construction); in an actor of its own for a prepared data set, with a GPU if the cluster has
+    one the workers do not use. Returns (evaluate(step, t0, final=False) -> rows, its actor or
+    None)."""
+    import ray
+
+    from .evaluate import Evaluator, EvaluatorActor
+    from ..transport.ray_shard import RayClient
+
+    if not plan.data.streamed:
+        return Evaluator(plan, RayClient(shards)), None
+    spare = ray.cluster_resources().get("GPU", 0) - plan.cfg.workers * resources.worker_gpus
+    gpu = spare >= 1
+    # num_cpus=0: it must never wait for CPUs the workers hold (evaluations are short and rare)
+    actor = ray.remote(EvaluatorActor).options(num_cpus=0, num_gpus=1 if gpu else 0).remote(
+        plan, shards, "cuda" if gpu else "cpu", max(1, int(resources.worker_cpus)))
+    return (lambda step, t0, final=False: ray.get(actor.evaluate.remote(step, t0, final))), actor
+

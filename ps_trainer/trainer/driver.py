@@ -56,12 +56,14 @@ class Driver:
     `stop`: a list of signals the caller noted (non-empty: stop at once)."""
 
     def __init__(self, plan: Plan, shards: list, workers: list, directory: RunDirectory, log,
-                 resources=None, resumed: dict | None = None, stop: list | None = None):
+                 resources=None, resumed: dict | None = None, stop: list | None = None,
+                 evaluator=None):
         self.plan, self.cfg, self.shards, self.workers = plan, plan.cfg, shards, workers
         self.directory, self.log, self.resources = directory, log, resources
         self.resumed, self.stop = resumed, stop
         self.t0 = time.time()
-        self.evaluator = Evaluator(plan, RayClient(shards))
+        # evaluate(step, t0, final=False) -> rows: here, or in its own actor (`make_evaluator`)
+        self.evaluator = evaluator or Evaluator(plan, RayClient(shards))
         self.bar = ProgressBar(plan.steps_per_worker * self.cfg.workers, enabled=self.cfg.progress)
         self.progress = {i: dict(ZERO, worker=i) for i in range(len(workers))}  # this incarnation's
         # What earlier sessions (a resumed run) and dead incarnations did, per worker.

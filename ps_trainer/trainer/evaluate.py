@@ -111,9 +111,9 @@ class Evaluator:
     `plan`: the run's `plan.Plan` (its model is loaded with the weights, so none is built here);
     `client` is any PS client; `clock` gives the time (the simulator's is virtual)."""
 
-    def __init__(self, plan, client, clock=time.time):
-        self.plan, self.client, self.clock = plan, client, clock
-        self.model = plan.model
+    def __init__(self, plan, client, clock=time.time, device="cpu"):
+        self.plan, self.client, self.clock, self.device = plan, client, clock, device
+        self.model = plan.model.to(device)
         self.specs = plan.layout.shards(plan.cfg.ps_shards)
         self.bn = has_batchnorm(self.model)
 
@@ -133,11 +133,11 @@ class Evaluator:
                 bn = "pushed"
                 if weights == "polyak":
                     recompute_bn_from(self.model, bn_batches(self.plan), self.plan.in_channels,
-                                      self.plan.image_size)
+                                      self.plan.image_size, self.device)
                     bn = f"recomputed ({cfg.bn_batches} batches)"
             batches, views = self.held_out(final)
             m = evaluate_batches(self.model, batches, in_channels=self.plan.in_channels,
-                                 image_size=self.plan.image_size, views=views)
+                                 image_size=self.plan.image_size, views=views, device=self.device)
             now = self.clock()
             rows.append({"time": now, "elapsed": now - t0, "step": step,
                          "weights": weights, "bn": bn, **m})
@@ -157,3 +157,19 @@ class Evaluator:
         limit = None if final else cfg.eval_images
         return held_out(data.pieces("val"), transform, max(1, 256 // transform.crops), limit), \
             transform.crops
+
+
+class EvaluatorActor:
+    """The `Evaluator` in a Ray actor of its own, for a prepared data set: decoding and
+    evaluating a held-out split of 50,000 images is no work for the driver's process, and on a
+    GPU cluster it takes a GPU when one is free (`trainer.actors.make_evaluator`)."""
+
+    def __init__(self, plan, shards: list, device: str = "cpu", threads: int = 1):
+        from ..transport.ray_shard import RayClient
+
+        torch.set_num_threads(threads)
+        self.evaluator = Evaluator(plan, RayClient(shards), device=device)
+
+    def evaluate(self, step: int, t0: float, final: bool = False) -> list[dict]:
+        return self.evaluator(step, t0, final)
+

@@ -23,7 +23,7 @@ import torch
 from ..config import TrainConfig
 from ..core import checkpoint
 from . import lock, reaper
-from .actors import initial_checkpoint, make_shards, make_workers
+from .actors import initial_checkpoint, make_evaluator, make_shards, make_workers
 from .cluster import plan_resources, start_ray
 from .metrics import RunDirectory, new_run_dir
 from .plan import Plan, check_memory, prepare
@@ -80,7 +80,9 @@ def _train(cfg: TrainConfig, plan: Plan, local: bool, resources, log, stop: list
             clocks = _resume_shards(cfg, shards, states, resumed)
         workers = make_workers(plan, shards, resources, clocks)
         actors += workers
-        return Driver(plan, shards, workers, run, log, resources, resumed, stop).run()
+        evaluator, evaluator_actor = make_evaluator(plan, shards, resources)
+        actors += [evaluator_actor] if evaluator_actor else []
+        return Driver(plan, shards, workers, run, log, resources, resumed, stop, evaluator).run()
     finally:
         for a in actors + workers:  # a replacement worker too (on a joined cluster nobody else
             ray.kill(a)           # would end it: ray.shutdown() is not called there)
