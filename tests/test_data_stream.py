@@ -99,7 +99,7 @@ def test_two_workers_stream_disjoint_partitions_that_cover_each_epoch(prepared, 
     assert epochs[0] != epochs[1]  # reshuffled between epochs
 
 
-@pytest.mark.parametrize("processes", [0, 2])
+@pytest.mark.parametrize("processes", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_a_stream_started_at_batch_n_continues_the_whole_one_exactly(prepared, processes):
     """What a replaced worker does: start at its predecessor's position and read the same."""
     whole = StreamBatches(stream(prepared, 1, 3, batch=4), processes=processes)

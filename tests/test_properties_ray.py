@@ -29,6 +29,8 @@ from ps_trainer.cli import main
 from ps_trainer.core import checkpoint
 from ps_trainer.trainer.metrics import read_table
 
+pytestmark = pytest.mark.slow  # six real runs, about a minute: `make test-slow`
+
 K, SHARDS = 4, 2
 POLICIES = {
     "async": ["--push-every", "2", "--publish-every", "2"],

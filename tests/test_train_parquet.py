@@ -58,6 +58,18 @@ def test_a_ray_run_streams_and_a_replaced_worker_continues(prepared, ray_local, 
     assert s["polyak"]["top1"] > 0.9, s
 
 
+@pytest.mark.slow
+def test_workers_decode_in_loader_processes_inside_their_actors(prepared, ray_local, tmp_path):
+    """--loader-workers 1: each worker actor decodes in a DataLoader process it spawned; one
+    worker is killed mid-run and its replacement spawns its own."""
+    run = tmp_path / "run"
+    assert main([*COMMON, "--data-dir", str(prepared), "--workers", "2", "--epochs", "6",
+                 "--loader-workers", "1", "--crash-worker-at", "0@4", "--run-dir", str(run)]) == 0
+    s = json.loads((run / "summary.json").read_text())
+    assert s["accounted"] and len(s["worker_restarts"]) == 1
+    assert s["polyak"]["top1"] > 0.9, s
+
+
 def test_a_worker_actor_starts_its_stream_at_its_recorded_pushes(prepared, ray_local):
     """make_worker gives a replacement (clock = pushes every shard recorded) the batch those
     pushes reached: clock x push_every."""
