@@ -118,6 +118,8 @@ class TrainConfig:
     # --- the hot path (Downpour's knobs) -----------------------------------------------------------
     fetch_every: int = _f(1, "worker steps between weight fetches (Downpour's n_fetch)")
     push_every: int = _f(1, "worker steps whose gradients are accumulated per push (n_push)")
+    prefetch: bool = _f(False, "request each pull while the step before it computes, hiding its "
+                               "round trips (weights one step older; off under bounded and sync)")
     max_inflight: int = _f(2, "pushes a worker may have unacknowledged before it waits "
                               "(0 = wait for each push)")
     publish_every: int = _f(1, "shard versions between published weight snapshots")

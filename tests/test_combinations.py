@@ -124,6 +124,8 @@ def test_invariants_hold_over_every_combination(tmp_path, policy, fetch_every, p
     # DC-ASGD compensates against the weights each gradient in flight was read on: the shards'
     # checkpoint keeps them, else a resumed run applies those gradients uncompensated
     dict(policy="dc_asgd", fetch_every=2, push_every=1, stragglers=1, straggler_slowdown=3.0),
+    # a pull requested a step early and not landed yet is part of the checkpoint
+    dict(policy="async", prefetch=True, fetch_every=1, push_every=2, publish_every=2),
 ])
 def test_an_interrupted_and_resumed_simulation_is_bit_identical_in_combination(tmp_path, settings):
     """The accumulation window, the published snapshots and the SSP/BSP state all survive a

@@ -1,7 +1,7 @@
 """Invariants of the parameter server over drawn combinations of every setting that meets another.
 
 Hypothesis draws a policy (all six), K workers, b backups, the SSP bound, Downpour's fetch/push
-knobs, published snapshots, max_inflight, stragglers and jitter, shards, the optimizer's momentum,
+knobs, published snapshots, max_inflight, prefetched pulls, stragglers and jitter, shards, the optimizer's momentum,
 a worker killed mid-run (`--crash-worker-at`) and a run cut at a checkpoint and resumed; each is
 run in the deterministic simulator on digits, with every shard call and every worker pull
 recorded. After the run:
@@ -48,6 +48,7 @@ def combinations(draw, policy: str) -> dict:
     s = dict(policy=policy, workers=k, ps_shards=draw(st.integers(1, 3)),
              fetch_every=draw(st.integers(1, 3)), push_every=draw(st.integers(1, 3)),
              publish_every=draw(st.integers(1, 3)), max_inflight=draw(st.integers(0, 3)),
+             prefetch=draw(st.booleans()),
              # stragglers make the interleavings that break things: a fast worker pushing twice
              # while a slow one computes (BSP duplicates, SSP waits, large staleness)
              stragglers=draw(st.integers(0, k - 1) if k > 1 else st.just(0)),
@@ -125,10 +126,10 @@ class Recorded(Simulation):
             self.incarnations += 1
             w.incarnation = self.incarnations
         steps = self.steps.setdefault(w.incarnation, {})
-        pull, begin = w.pull, w.begin_step
+        land, begin = w._land, w.begin_step
 
-        def recorded_pull():
-            pull()
+        def recorded_pull(*fetched):  # when a pull lands in the model (prefetched or not)
+            land(*fetched)
             retired = set().union(*(s.retired for s in self.shards))
             others = [o.clock for o in self.workers if o is not w and o.id not in retired]
             # A worker's clock is the pushes it made (all its incarnations), each to every shard.
@@ -141,7 +142,7 @@ class Recorded(Simulation):
             steps[w.step_count] = list(w.versions)
             return loss
 
-        w.pull, w.begin_step = recorded_pull, recorded_begin
+        w._land, w.begin_step = recorded_pull, recorded_begin
         return w
 
 
@@ -335,6 +336,9 @@ BROKE = [
     dict(policy="dc_asgd", workers=3, fetch_every=2, stragglers=1, straggler_slowdown=3.0,
          checkpoint_steps=20),
     dict(policy="async", workers=3, push_every=3, fetch_every=1, publish_every=3, ps_shards=2),
+    # a prefetched pull (requested a step early) across a cut and resume, with accumulation
+    dict(policy="dc_asgd", workers=3, prefetch=True, fetch_every=2, push_every=2,
+         checkpoint_steps=17),
     # found by the drawn examples: a run stopped before any push had no metrics table, and its
     # summary failed (FileNotFoundError) instead of saying "0 pushes"
     dict(policy="async", workers=1, push_every=2, checkpoint_steps=1),

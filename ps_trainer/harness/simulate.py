@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from concurrent.futures import Future
 
 import numpy as np
 import torch
@@ -113,6 +114,7 @@ class Simulation:
                    InProcessClient(self.shards, clock=self.now, publishers=self.publishers),
                    batches, in_channels=plan.in_channels, clock=clock, **options)
         w.now = self.now
+        w.prefetch_thread = False  # a prefetched pull reads at the virtual moment it is requested
         return w
 
     def replace(self, w: Worker) -> Worker:
@@ -184,6 +186,11 @@ class Simulation:
                             "jitter_rng": self.jitter[w.id].bit_generator.state})
             for name in ("params", "buffers", "grads"):
                 extra[f"w{w.id}.{name}"] = getattr(w.flat, name).numpy()
+            if w._next is not None:  # a prefetched pull, not landed yet: what it read
+                snapshots, waited = w._next.result()
+                workers[-1]["prefetched"] = [[v for _, v in snapshots], waited]
+                for j, (arr, _) in enumerate(snapshots):
+                    extra[f"w{w.id}.prefetched{j}"] = arr
         published = []  # what each shard's publisher serves now: the next pulls read it
         for i, p in enumerate(self.publishers):
             published.append({})
@@ -223,6 +230,11 @@ class Simulation:
             w.pushes_sent, w.last_loss, w.versions = st["pushes_sent"], st["last_loss"], st["versions"]
             w.window = st.get("window", st["versions"])  # older checkpoints: push_every 1 only
             w.timing = st["timing"]
+            if st.get("prefetched"):
+                versions, waited = st["prefetched"]
+                w._next = Future()
+                w._next.set_result(([(extra[f"w{w.id}.prefetched{j}"].copy(), v)
+                                     for j, v in enumerate(versions)], waited))
         for i, (p, held) in enumerate(zip(self.publishers, meta.get("published", []))):
             for kind, (version, t) in held.items():
                 arr = extra[f"pub{i}.{kind}"].copy()

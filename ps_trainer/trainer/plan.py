@@ -92,7 +92,11 @@ def prepare(cfg: TrainConfig) -> Plan:
     layout.shards(cfg.ps_shards)  # raises if there are more shards than parameters
     # An epoch is n_train / (batch x push_every) pushes of every worker together; a version is one
     # push (async, SSP, ...) or one BSP step on the mean of K - b of them.
-    per_update = make_policy(cfg.policy, **cfg.policy_options()).gradients_per_update()
+    policy = make_policy(cfg.policy, **cfg.policy_options())
+    per_update = policy.gradients_per_update()
+    if cfg.prefetch and policy.coordinates:
+        notes.append(f"--prefetch is off under --policy {cfg.policy}: its pulls wait for the "
+                     f"clock they carry, which a pull requested a step early would not")
     return Plan(cfg, data, spec.in_channels, image_size, steps,
                 n_train / (cfg.batch_size * cfg.push_every * per_update), layout, model, notes,
                 transforms)
@@ -162,8 +166,11 @@ def worker_options(plan: Plan) -> dict:
         loss["label_smoothing"] = cfg.label_smoothing
     if cfg.aux_weight >= 0:
         loss["aux_weight"] = cfg.aux_weight
+    # SSP and BSP pulls wait for the clock they carry: one requested a step early would not
+    coordinated = make_policy(cfg.policy, **cfg.policy_options()).coordinates
     return dict(image_size=plan.image_size, fetch_every=cfg.fetch_every,
-                push_every=cfg.push_every, max_inflight=cfg.max_inflight, **loss)
+                push_every=cfg.push_every, max_inflight=cfg.max_inflight,
+                prefetch=cfg.prefetch and not coordinated, **loss)
 
 
 def worker_data(plan: Plan, i: int, start: int = 0) -> dict:

@@ -14,12 +14,18 @@ Invariants:
   step spent computing, in injected delay and waiting for a coordinating policy (SSP/BSP).
 - A step is two phases, `begin_step` (maybe pull, compute) and `finish_step` (maybe push), so the
   simulator can put virtual time between them; `step` is both, in real time.
+- With `prefetch`, the pull a step will need is requested when the step before it begins, in a
+  background thread, and lands (one copy) when it is due: its round trips hide behind that
+  step's compute. The weights are then one step older (they miss this worker's own last push
+  and whatever the others pushed during the step); the staleness each push reports says so. Off
+  under SSP and BSP, whose pulls must wait for the clock they carry.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import warnings
 
@@ -40,7 +46,7 @@ class Worker:
                  batches: Batches, *, image_size: int | None = None, in_channels: int | None = None,
                  fetch_every: int = 1, push_every: int = 1, max_inflight: int = 2,
                  aux_weight: float = 0.3, label_smoothing: float = 0.0, device="cpu",
-                 delay=None, clock: int = 0):
+                 delay=None, clock: int = 0, prefetch: bool = False):
         self.id = worker_id
         self.flat, self.model, self.shards, self.client = flat, flat.model, shards, client
         self.batches = batches
@@ -64,20 +70,43 @@ class Worker:
         self.images = 0
         self.last_loss = float("nan")
         self.last_compute = 0.0  # s of the last forward/backward
+        self.prefetch = prefetch
+        self.prefetch_thread = True  # the simulator fetches in line, at the virtual moment
+        self._pool: ThreadPoolExecutor | None = None
+        self._next: Future | None = None  # the prefetched pull, once requested
         self.model.train()
 
     # ---- the three moves of a step ------------------------------------------------------------
     def pull(self) -> None:
         """Copy every shard's weights (and served BatchNorm statistics) into the flat buffers.
         Under a coordinating policy the shards may hold the pull until this worker may read."""
-        for spec, (arr, version) in zip(self.shards, self.client.pull(worker=self.id, clock=self.clock)):
+        self._land(*self._fetch())
+
+    def _fetch(self) -> tuple[list, float]:
+        """The client's pull: every shard's (snapshot, version), and the s the shards held it.
+        Touches nothing of the model, so it may run in a background thread."""
+        snapshots = self.client.pull(worker=self.id, clock=self.clock)
+        return snapshots, self.client.last_wait
+
+    def _request(self) -> Future:
+        """Start `_fetch` now: in a background thread, or in line (the simulator)."""
+        if not self.prefetch_thread:
+            done: Future = Future()
+            done.set_result(self._fetch())
+            return done
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"prefetch-{self.id}")
+        return self._pool.submit(self._fetch)
+
+    def _land(self, snapshots: list, waited: float) -> None:
+        for spec, (arr, version) in zip(self.shards, snapshots):
             p0, p1 = spec.params
             b0, b1 = spec.buffers
             self.flat.params[p0:p1].copy_(torch.from_numpy(arr[:p1 - p0]))  # arr is read-only
             self.flat.buffers[b0:b1].copy_(torch.from_numpy(arr[p1 - p0:]))
             self.versions[spec.index] = version
             self.seen[spec.index] = max(self.seen[spec.index], version)
-        self.timing["wait"] += self.client.last_wait  # s the shards held this pull (SSP/BSP)
+        self.timing["wait"] += waited  # s the shards held this pull (SSP/BSP)
 
     def compute(self) -> float:
         """Forward and backward on one mini-batch; gradients accumulate in the flat buffer."""
@@ -122,9 +151,15 @@ class Worker:
     def begin_step(self) -> float:
         """Maybe pull, then compute. Returns the mini-batch loss; `last_compute` its seconds."""
         if self.pull_due():
-            self.pull()
+            if self._next is not None:  # requested when the step before began
+                self._land(*self._next.result())
+                self._next = None
+            else:
+                self.pull()
         if self.step_count % self.push_every == 0:  # a new gradient starts on these weights
             self.window = list(self.versions)
+        if self.prefetch and (self.step_count + 1) % self.fetch_every == 0:
+            self._next = self._request()  # the next step's pull, behind this step's compute
         t0 = time.perf_counter()
         loss = self.compute()
         self.last_compute = time.perf_counter() - t0
@@ -150,9 +185,16 @@ class Worker:
         return loss
 
     def flush(self) -> None:
-        """Wait for every push in flight, so the metrics account for all of them."""
+        """Wait for every push in flight, so the metrics account for all of them; drop a
+        prefetched pull nobody will use."""
         while self.inflight:
             self._acknowledge()
+        if self._next is not None:
+            self._next.cancel()
+            self._next = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     def drain_rows(self) -> list[dict]:
         return [self.rows.popleft() for _ in range(len(self.rows))]
