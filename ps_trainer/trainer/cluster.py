@@ -38,7 +38,9 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
         return True
     # Without this Ray binds its services to every interface; with it, 127.0.0.1 only.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+    # address="local": a new node of our own even if another Ray runs on this machine (a
+    # `ray start --head` left running would else be joined, with its settings, not ours)
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
              _node_ip_address="127.0.0.1", log_to_driver=True, configure_logging=False)
     gcs = ray.get_runtime_context().gcs_address
     if not gcs.startswith("127.0.0.1"):  # ray was imported before ps_trainer set the variable
