@@ -27,7 +27,7 @@ from common import machine, write_section  # noqa: E402
 from ps_trainer.config import TrainConfig  # noqa: E402
 from ps_trainer.data import Batches  # noqa: E402
 from ps_trainer.models import build, get_spec, training_loss  # noqa: E402
-from ps_trainer.trainer.actors import make_shards, make_workers  # noqa: E402
+from ps_trainer.trainer.actors import initial_checkpoint, make_shards, make_workers  # noqa: E402
 from ps_trainer.trainer.cluster import ResourcePlan, start_ray  # noqa: E402
 from ps_trainer.trainer.plan import prepare  # noqa: E402
 
@@ -66,14 +66,18 @@ def plain_loop(model_name: str, batch: int, steps: int, threads: int) -> float:
 def ps_worker(model_name: str, batch: int, steps: int, threads: int, prefetch: bool) -> float:
     import ray
 
+    import tempfile
+
     cfg = TrainConfig(model=model_name, workers=1, ps_shards=1, batch_size=batch,
-                      threads_per_worker=threads, progress=False, prefetch=prefetch).validate()
+                      threads_per_worker=threads, progress=False, prefetch=prefetch,
+                      run_dir=tempfile.mkdtemp(prefix="bench-worker-")).validate()
     plan = prepare(cfg)
     x, y = data_for(model_name)
     plan.data.x_train, plan.data.y_train = x, y.astype(np.int64)
     plan.image_size = x.shape[-1]
     plan.in_channels = x.shape[1]
     resources = ResourcePlan(0.5, 0.0, 0.5, "cpu")
+    initial_checkpoint(plan)  # every shard loads its slice of the latest checkpoint
     shards = make_shards(plan, resources)
     (worker,) = make_workers(plan, shards, resources)
     try:
