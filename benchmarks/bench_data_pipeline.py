@@ -108,7 +108,7 @@ def ray_data(m: manifest.Manifest, transform, processes: int, images: int) -> fl
         import ray.data  # noqa: F401 - needs Ray's data extra: pip install 'ray[data]'
     except ImportError:
         return None
-    ray.init(num_cpus=processes + 1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=processes + 1, include_dashboard=False, log_to_driver=False)
     try:
         def augment(batch: dict) -> dict:
             rng = np.random.default_rng(0)

@@ -112,7 +112,8 @@ class PartitionStream(torch.utils.data.IterableDataset):
             piece = self.pieces[s.piece]
             if piece.path not in files:  # kept open: its row groups come one after another
                 files[piece.path] = open_parquet(piece.path)
-            table = files[piece.path].read_row_group(piece.row_group, columns=["image", "label"])
+            table = files[piece.path].read_row_group(piece.row_group, columns=["image", "label"],
+                                                     use_threads=False)
             order = row_order(piece.rows, self.seed, s.epoch, s.piece)[first:last]
             images, labels = table.column("image").combine_chunks(), table.column("label").to_numpy()
             for r in order:
@@ -138,6 +139,7 @@ class StreamBatches:
         self.loader = torch.utils.data.DataLoader(
             stream, batch_size=None, num_workers=processes, pin_memory=pin_memory,
             prefetch_factor=prefetch if processes else None, persistent_workers=False,
+            worker_init_fn=_one_thread,
             # spawn, not fork: a Ray worker process has threads (gRPC, the object store client)
             # that a forked child would inherit in whatever state they were
             multiprocessing_context="spawn" if processes else None)
@@ -153,10 +155,19 @@ class StreamBatches:
         return self
 
     def close(self) -> None:
-        """Stop the loader processes now (else they stop when this object is collected)."""
+        """Stop the loader processes now (else they stop when this object is collected). One
+        stopped while it was handing over a batch may die of it: nothing is lost by that."""
         shutdown = getattr(self._it, "_shutdown_workers", None)
         if shutdown:
-            shutdown()
+            try:
+                shutdown()
+            except RuntimeError:
+                pass
+
+
+def _one_thread(_: int) -> None:
+    """A loader process decodes on one core: L of them must not each start a thread per core."""
+    torch.set_num_threads(1)
 
 
 def held_out(pieces: list, transform, batch_size: int, limit: int | None = None):
@@ -170,7 +181,8 @@ def held_out(pieces: list, transform, batch_size: int, limit: int | None = None)
     for piece in pieces:
         if piece.path not in files:
             files = {piece.path: open_parquet(piece.path)}  # one open file at a time
-        table = files[piece.path].read_row_group(piece.row_group, columns=["image", "label"])
+        table = files[piece.path].read_row_group(piece.row_group, columns=["image", "label"],
+                                                 use_threads=False)
         images, labels = table.column("image").combine_chunks(), table.column("label").to_numpy()
         for r in range(piece.rows):
             if limit is not None and n >= limit:
