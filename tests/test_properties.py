@@ -350,9 +350,15 @@ def test_invariants_on_the_combinations_that_broke(tmp_path_factory, s):
     _run_and_check(tmp_path_factory, {"settings": s, "cut": "checkpoint_steps" in s}, drawn=False)
 
 
+def drawn(examples: int):
+    """Hypothesis, derandomized (CI sees the same examples), with no deadline (a run takes time)."""
+    return settings(max_examples=examples, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow,
+                                           HealthCheck.function_scoped_fixture])
+
+
 @pytest.mark.parametrize("policy", POLICIES)
-@settings(max_examples=EXAMPLES["default"], deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@drawn(EXAMPLES["default"])
 @given(data=st.data())
 def test_invariants_over_drawn_combinations(tmp_path_factory, policy, data):
     _run_and_check(tmp_path_factory, data.draw(combinations(policy)))
@@ -360,8 +366,7 @@ def test_invariants_over_drawn_combinations(tmp_path_factory, policy, data):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", POLICIES)
-@settings(max_examples=EXAMPLES["slow"], deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@drawn(EXAMPLES["slow"])
 @given(data=st.data())
 def test_invariants_over_many_drawn_combinations(tmp_path_factory, policy, data):
     _run_and_check(tmp_path_factory, data.draw(combinations(policy)))
