@@ -118,6 +118,10 @@ class TrainConfig:
     # --- the hot path (Downpour's knobs) -----------------------------------------------------------
     fetch_every: int = _f(1, "worker steps between weight fetches (Downpour's n_fetch)")
     push_every: int = _f(1, "worker steps whose gradients are accumulated per push (n_push)")
+    amp: str = _f("auto", "mixed precision of the workers' forward/backward: auto (bf16 on a GPU, "
+                          "off on a CPU), bf16 or off; gradients are pushed in float32")
+    channels_last: str = _f("auto", "convolution weights and inputs in channels_last memory "
+                                    "format: auto (on a GPU), on or off")
     prefetch: bool = _f(False, "request each pull while the step before it computes, hiding its "
                                "round trips (weights one step older; off under bounded and sync)")
     max_inflight: int = _f(2, "pushes a worker may have unacknowledged before it waits "
@@ -159,7 +163,8 @@ class TrainConfig:
                               "locations, print the plan, and start nothing")
 
     CHOICES = {"dataset": ("digits", "synthetic", "cifar10", "npz", "parquet"),
-               "augment": ("auto", "inception", "resnet", "pad_crop", "none"), "lr_schedule": ("constant", "step"),
+               "augment": ("auto", "inception", "resnet", "pad_crop", "none"),
+               "amp": ("auto", "bf16", "off"), "channels_last": ("auto", "on", "off"), "lr_schedule": ("constant", "step"),
                "device": ("auto", "cpu", "cuda"),
                "delay": ("none", "constant", "uniform", "exponential")}
 

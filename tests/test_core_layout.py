@@ -66,3 +66,48 @@ def test_flatten_and_load_round_trip():
     assert layout.fingerprint() == ParamLayout.from_model(other).fingerprint()
     assert layout.fingerprint() != ParamLayout.from_model(build("digits_cnn", width=8)).fingerprint()
     assert p.dtype == np.float32 and p.flags.c_contiguous
+
+
+@pytest.mark.parametrize("name", ["resnet20", "small_inception"])
+def test_channels_last_keeps_parameters_aliased_and_pull_and_push_move_the_real_weights(name):
+    """FlatModel(channels_last=True): conv weights are channels_last views of the flat buffer
+    (no re-allocation), a pull in the server's order lands in the model, and the gradient pushed
+    in the server's order equals that of the same model in the usual memory format."""
+    from ps_trainer.core import FlatModel, ParamLayout
+    from ps_trainer.models import build
+
+    torch.manual_seed(0)
+    plain = build(name, num_classes=10)
+    channels_last = build(name, num_classes=10)
+    layout = ParamLayout.from_model(plain)
+    a, b = FlatModel(plain, layout), FlatModel(channels_last, layout, channels_last=True)
+    assert b.permuted and all(len(e.shape) == 4 for e in b.permuted)
+    start, end = b.params.data_ptr(), b.params.data_ptr() + 4 * b.params.numel()
+    for p in channels_last.parameters():
+        assert start <= p.data_ptr() < end  # still a view of the flat buffer
+        if p.dim() == 4:
+            assert p.is_contiguous(memory_format=torch.channels_last)
+            assert p.shape[-2:] == (1, 1) or not p.is_contiguous()  # (1x1: both at once)
+    # A pull: weights in the server's (out, in, kH, kW) order land in both models alike.
+    wire = torch.randn(layout.num_params) * 0.05
+    a.load(0, layout.num_params, wire)
+    b.load(0, layout.num_params, wire)
+    assert torch.equal(b.wire_params(), wire)
+    flat_b, _ = layout.flatten(channels_last)  # read back through the model's own tensors
+    np.testing.assert_array_equal(flat_b, wire.numpy())
+    # A push: the same batch gives the same gradient, in the server's order.
+    x = torch.randn(4, 3, *(32, 32) if name == "resnet20" else (28, 28))
+    y = torch.randint(0, 10, (4,))
+    plain.train()
+    channels_last.train()
+    for model, inputs in ((plain, x), (channels_last, x.contiguous(memory_format=torch.channels_last))):
+        torch.manual_seed(1)  # the same dropout masks
+        out = model(inputs)
+        out = out[0] if isinstance(out, tuple) else out
+        torch.nn.functional.cross_entropy(out, y).backward()
+    assert b.grads_are_views()
+    # channels_last convolutions sum in another order: equal to float32 rounding, ~1e-3 of the
+    # largest gradient at one thread; the flat buffer itself (another order) is far from it
+    tol = 2e-3 * float(a.grads.abs().max())
+    torch.testing.assert_close(b.wire_grads(), a.grads, rtol=1e-3, atol=tol)
+    assert float((b.grads - a.grads).abs().max()) > 20 * tol

@@ -112,3 +112,19 @@ def test_published_snapshots_make_pulls_stale_as_on_ray(tmp_path, settings):
     assert a["mean_staleness"] == pytest.approx(1.5, abs=0.05)
     sim(tmp_path, "b", workers=1, epochs=1, **settings)
     assert rows == table(tmp_path / "b" / "pushes.parquet")  # deterministic
+
+
+@pytest.mark.parametrize("flags", [["--channels-last", "on"], ["--amp", "bf16"]])
+def test_channels_last_and_bf16_workers_train_as_the_default_ones(tmp_path, flags):
+    """The GPU defaults, forced on the CPU: channels_last weights (still views of the flat
+    buffers, converted to the server's order at pull and push) and bf16 autocast train digits
+    as well as the float32 default (same seed, within a few points)."""
+    import json
+
+    common = ["--simulate", "--model", "digits_cnn", "--workers", "2", "--epochs", "4",
+              "--no-progress", "--sim-evals", "1"]
+    assert main([*common, "--run-dir", str(tmp_path / "base")]) == 0
+    assert main([*common, *flags, "--run-dir", str(tmp_path / "flag")]) == 0
+    base, flag = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("base", "flag"))
+    assert flag["accounted"] and flag["polyak"]["top1"] > 0.9
+    assert abs(flag["polyak"]["top1"] - base["polyak"]["top1"]) < 0.05

@@ -128,25 +128,74 @@ class FlatModel:
     After this, loading a pull is one `copy_` per shard into `self.params`, and a push reads a
     slice of `self.grads` with no gather: autograd accumulates into the views in place (we never
     set grads to None, only zero them).
+
+    With `channels_last` (fast convolutions on GPUs), every 4-D weight is a channels_last view of
+    its region, which then holds the weight in (out, kH, kW, in) order; the parameter server's
+    layout (`ParamLayout`, checkpoints, the wire) stays (out, in, kH, kW). `load(p0, p1, src)`
+    and `wire_grads()` convert at that boundary, so the parameters stay aliased to the flat
+    buffers either way (`model.to(memory_format=...)` would re-allocate them and break that).
     """
 
-    def __init__(self, model: nn.Module, layout: ParamLayout | None = None, device="cpu"):
+    def __init__(self, model: nn.Module, layout: ParamLayout | None = None, device="cpu",
+                 channels_last: bool = False):
         self.model = model
         self.layout = layout or ParamLayout.from_model(model)
         init_p, init_b = self.layout.flatten(model)
         self.params = torch.from_numpy(init_p).to(device)  # (P,) float32
         self.grads = torch.zeros_like(self.params)  # (P,)
         self.buffers = torch.from_numpy(init_b).to(device)  # (Bf,)
+        # The 4-D weights stored in (out, kH, kW, in) order, and their wire-order staging.
+        self.permuted = [e for e in self.layout.params if channels_last and len(e.shape) == 4]
+        self._permuted_names = {e.name for e in self.permuted}
+        self._wire = torch.empty_like(self.params) if self.permuted else None
         named_p = dict(model.named_parameters())
         for e in self.layout.params:
             p = named_p[e.name]
-            p.data = self.params[e.offset:e.offset + e.numel].view(e.shape)
-            p.grad = self.grads[e.offset:e.offset + e.numel].view(e.shape)
+            p.data, p.grad = (self._view(t, e) for t in (self.params, self.grads))
         modules = dict(model.named_modules())
         for e in self.layout.buffers:
             owner, _, attr = e.name.rpartition(".")
             modules[owner]._buffers[attr] = self.buffers[e.offset:e.offset + e.numel].view(e.shape)
         model.to(device)  # moves integer buffers (num_batches_tracked); floats are already there
+        if self.permuted:  # the initial weights, into the permuted order
+            self.load(0, self.layout.num_params, torch.from_numpy(init_p))
+
+    def _view(self, flat: torch.Tensor, e: Entry) -> torch.Tensor:
+        region = flat[e.offset:e.offset + e.numel]
+        if e.name in self._permuted_names:
+            o, i, h, w = e.shape
+            return region.view(o, h, w, i).permute(0, 3, 1, 2)  # (O, I, H, W), channels_last
+        return region.view(e.shape)
+
+    def load(self, p0: int, p1: int, src: torch.Tensor) -> None:
+        """Parameters [p0, p1) of the wire (server) order from `src` (any device, read only)."""
+        if not self.permuted:
+            self.params[p0:p1].copy_(src)
+            return
+        self._wire[p0:p1].copy_(src)
+        self.params[p0:p1].copy_(self._wire[p0:p1])  # right for all but the permuted ones
+        for e in self.permuted:
+            if p0 <= e.offset < p1:
+                self._view(self.params, e).copy_(self._wire[e.offset:e.offset + e.numel]
+                                                 .view(e.shape))
+
+    def wire_grads(self) -> torch.Tensor:
+        """The flat gradient in the wire (server) order: `grads` itself, or a permuted copy."""
+        if not self.permuted:
+            return self.grads
+        self._wire.copy_(self.grads)
+        for e in self.permuted:
+            self._wire[e.offset:e.offset + e.numel].view(e.shape).copy_(self._view(self.grads, e))
+        return self._wire
+
+    def wire_params(self) -> torch.Tensor:
+        """The flat parameters in the wire order (for tests and checks)."""
+        if not self.permuted:
+            return self.params
+        out = self.params.clone()
+        for e in self.permuted:
+            out[e.offset:e.offset + e.numel].view(e.shape).copy_(self._view(self.params, e))
+        return out
 
     def zero_grad(self) -> None:
         self.grads.zero_()

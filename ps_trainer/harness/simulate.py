@@ -50,7 +50,7 @@ from ..trainer.plan import prepare, shard_options, worker_data, worker_options
 from ..trainer.summary import summarize
 from ..transport.inprocess import InProcessClient
 from ..worker.delays import worker_delays
-from ..worker.worker import Worker
+from ..worker.worker import Worker, wants_channels_last
 
 
 class Simulation:
@@ -110,7 +110,9 @@ class Simulation:
         model = build(cfg.model, num_classes=plan.data.num_classes, in_channels=plan.in_channels)
         start = clock * cfg.push_every if position is None else position
         batches = open_batches(worker_data(plan, i, start), cfg.batch_size, cfg.seed * 1000 + i)
-        w = Worker(i, FlatModel(model, plan.layout), self.specs,
+        flat = FlatModel(model, plan.layout,
+                         channels_last=wants_channels_last(cfg.channels_last, "cpu"))
+        w = Worker(i, flat, self.specs,
                    InProcessClient(self.shards, clock=self.now, publishers=self.publishers),
                    batches, in_channels=plan.in_channels, clock=clock, **options)
         w.now = self.now

@@ -18,7 +18,7 @@ from ..core.layout import FlatModel, ShardSpec
 from ..data.stream import open_batches
 from ..models import build
 from ..transport.ray_shard import RayClient, Stopped
-from .worker import Worker
+from .worker import Worker, wants_channels_last
 
 
 class WorkerActor:
@@ -29,7 +29,10 @@ class WorkerActor:
         torch.manual_seed(seed * 1000 + worker_id)
         model = build(model_name, num_classes=num_classes, in_channels=in_channels)
         dev = "cuda" if device == "cuda" else "cpu"
-        flat = FlatModel(model, device=dev)
+        if dev == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
+        flat = FlatModel(model, device=dev,
+                         channels_last=wants_channels_last(options.get("channels_last", "off"), dev))
         batches = open_batches(data, batch_size, seed * 1000 + worker_id, loader, dev == "cuda")
         self._stop = threading.Event()
         self.worker = Worker(worker_id, flat, specs, RayClient(shards, stop=self._stop), batches,

@@ -46,7 +46,8 @@ class Worker:
                  batches: Batches, *, image_size: int | None = None, in_channels: int | None = None,
                  fetch_every: int = 1, push_every: int = 1, max_inflight: int = 2,
                  aux_weight: float = 0.3, label_smoothing: float = 0.0, device="cpu",
-                 delay=None, clock: int = 0, prefetch: bool = False):
+                 delay=None, clock: int = 0, prefetch: bool = False, amp: str = "off",
+                 channels_last: str = "off"):
         self.id = worker_id
         self.flat, self.model, self.shards, self.client = flat, flat.model, shards, client
         self.batches = batches
@@ -54,6 +55,11 @@ class Worker:
         self.fetch_every, self.push_every, self.max_inflight = fetch_every, push_every, max_inflight
         self.aux_weight, self.label_smoothing = aux_weight, label_smoothing
         self.device = torch.device(device)
+        cuda = self.device.type == "cuda"
+        # bf16 autocast (no loss scaling needed, unlike fp16) and channels_last inputs, on a GPU
+        # by default; the flat model must have been built with the same channels_last
+        self.amp = amp == "bf16" or (amp == "auto" and cuda)
+        self.channels_last = bool(flat.permuted)
         self.delay = delay  # a StepDelay (or None): injected straggling, see delays.py
         self.now = time.time  # the simulator replaces this with its virtual clock
         self.versions = [0] * len(shards)  # shard versions of the weights in the model now
@@ -102,7 +108,7 @@ class Worker:
         for spec, (arr, version) in zip(self.shards, snapshots):
             p0, p1 = spec.params
             b0, b1 = spec.buffers
-            self.flat.params[p0:p1].copy_(torch.from_numpy(arr[:p1 - p0]))  # arr is read-only
+            self.flat.load(p0, p1, torch.from_numpy(arr[:p1 - p0]))  # arr is read-only
             self.flat.buffers[b0:b1].copy_(torch.from_numpy(arr[p1 - p0:]))
             self.versions[spec.index] = version
             self.seen[spec.index] = max(self.seen[spec.index], version)
@@ -117,14 +123,17 @@ class Worker:
             x = x.expand(-1, self.in_channels, -1, -1)  # grey -> RGB for ImageNet models
         if self.image_size and x.shape[-1] != self.image_size:
             x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
-        loss = training_loss(self.model(x), y, aux_weight=self.aux_weight,
-                             label_smoothing=self.label_smoothing)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            loss = training_loss(self.model(x), y, aux_weight=self.aux_weight,
+                                 label_smoothing=self.label_smoothing)
         (loss / self.push_every).backward()  # the pushed gradient is the mean over push_every
         self.images += len(y)
         return float(loss.detach())
 
     def push(self, loss: float) -> None:
-        grads = self.flat.grads.cpu().numpy()  # (P,)
+        grads = self.flat.wire_grads().cpu().numpy()  # (P,), in the server's order
         bn = self.flat.buffers.cpu().numpy()  # (Bf,)
         handles = [self.client.push(s.index, grads[s.params[0]:s.params[1]], self.window[s.index],
                                     self.id, bn[s.buffers[0]:s.buffers[1]]) for s in self.shards]
@@ -198,3 +207,9 @@ class Worker:
 
     def drain_rows(self) -> list[dict]:
         return [self.rows.popleft() for _ in range(len(self.rows))]
+
+
+def wants_channels_last(setting: str, device: str) -> bool:
+    """--channels-last auto|on|off on `device` ('cuda' or 'cpu'): auto is on a GPU only."""
+    return setting == "on" or (setting == "auto" and device == "cuda")
+
