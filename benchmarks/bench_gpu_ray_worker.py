@@ -18,13 +18,13 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_gpu_worker import timed  # noqa: E402
 from common import machine  # noqa: E402
 
 from ps_trainer.config import TrainConfig  # noqa: E402
@@ -57,14 +57,7 @@ def plain_loop(model_name: str, batch: int, steps: int) -> float:
         loss.backward()
         opt.step()
 
-    for _ in range(5):
-        step()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - t)
+    return steps * batch / timed(step, steps)
 
 
 def ray_worker(model_name: str, batch: int, steps: int, shards: int, prefetch: bool) -> float:
