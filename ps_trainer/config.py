@@ -122,6 +122,8 @@ class TrainConfig:
                           "off on a CPU), bf16 or off; gradients are pushed in float32")
     channels_last: str = _f("auto", "convolution weights and inputs in channels_last memory "
                                     "format: auto (on a GPU), on or off")
+    push_dtype: str = _f("float32", "gradients on the wire: float32, or bfloat16 (half the bytes; "
+                                    "the shard accumulates in float32)")
     prefetch: bool = _f(False, "request each pull while the step before it computes, hiding its "
                                "round trips (weights one step older; off under bounded and sync)")
     max_inflight: int = _f(2, "pushes a worker may have unacknowledged before it waits "
@@ -164,7 +166,8 @@ class TrainConfig:
 
     CHOICES = {"dataset": ("digits", "synthetic", "cifar10", "npz", "parquet"),
                "augment": ("auto", "inception", "resnet", "pad_crop", "none"),
-               "amp": ("auto", "bf16", "off"), "channels_last": ("auto", "on", "off"), "lr_schedule": ("constant", "step"),
+               "amp": ("auto", "bf16", "off"), "channels_last": ("auto", "on", "off"),
+               "push_dtype": ("float32", "bfloat16"), "lr_schedule": ("constant", "step"),
                "device": ("auto", "cpu", "cuda"),
                "delay": ("none", "constant", "uniform", "exponential")}
 

@@ -217,3 +217,26 @@ def test_state_dict_round_trip_resumes_identically():
     assert a.stats() == b.stats()
     with pytest.raises(ValueError, match="does not fit shard"):
         shard_of(n=11).load_state_dict(a.state_dict())
+
+
+def test_a_bfloat16_push_is_the_float32_push_of_its_rounded_values():
+    """--push-dtype bfloat16: the gradient travels as bfloat16 bits (half the bytes) and the
+    shard applies exactly what the float32 push of the same rounded values would; NaN in bfloat16
+    is still rejected and changes nothing."""
+    from ps_trainer.core.shard import from_bfloat16_bits, to_bfloat16_bits
+
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal(1000).astype(np.float32)
+    bits = to_bfloat16_bits(torch.from_numpy(g))
+    assert bits.dtype == np.uint16 and bits.nbytes == g.nbytes // 2
+    rounded = from_bfloat16_bits(bits)
+    assert np.abs(rounded - g).max() <= np.abs(g).max() * 2 ** -8  # bfloat16's 8-bit mantissa
+    a, b = (ShardState(0, np.zeros(1000, np.float32)) for _ in range(2))
+    assert a.push(bits, 0).outcome == b.push(rounded, 0).outcome == "applied"
+    np.testing.assert_array_equal(a.params, b.params)
+    np.testing.assert_array_equal(a.momentum, b.momentum)
+    bad = to_bfloat16_bits(torch.full((1000,), float("nan")))
+    before = a.params.copy()
+    r = a.push(bad, 1)
+    assert r.outcome == "rejected" and "NaN" in r.reason
+    np.testing.assert_array_equal(a.params, before)

@@ -114,11 +114,13 @@ def test_published_snapshots_make_pulls_stale_as_on_ray(tmp_path, settings):
     assert rows == table(tmp_path / "b" / "pushes.parquet")  # deterministic
 
 
-@pytest.mark.parametrize("flags", [["--channels-last", "on"], ["--amp", "bf16"]])
+@pytest.mark.parametrize("flags", [["--channels-last", "on"], ["--amp", "bf16"],
+                                   ["--push-dtype", "bfloat16"]])
 def test_channels_last_and_bf16_workers_train_as_the_default_ones(tmp_path, flags):
     """The GPU defaults, forced on the CPU: channels_last weights (still views of the flat
-    buffers, converted to the server's order at pull and push) and bf16 autocast train digits
-    as well as the float32 default (same seed, within a few points)."""
+    buffers, converted to the server's order at pull and push), bf16 autocast, and gradients
+    pushed as bfloat16 train digits as well as the float32 default (same seed, within a few
+    points)."""
     import json
 
     common = ["--simulate", "--model", "digits_cnn", "--workers", "2", "--epochs", "4",

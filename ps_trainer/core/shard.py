@@ -49,6 +49,21 @@ class PushResult:
     reason: str = ""  # why it was rejected, for the metrics and the error counters
 
 
+# numpy has no bfloat16: a bfloat16 gradient (--push-dtype bfloat16, half the bytes) travels as
+# its 16-bit patterns in a uint16 array, and the shard widens it to float32 before anything else.
+BFLOAT16_BITS = np.dtype(np.uint16)
+
+
+def to_bfloat16_bits(t: torch.Tensor) -> np.ndarray:
+    """A float tensor rounded to bfloat16, as a uint16 numpy array of its bit patterns."""
+    return t.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
+
+
+def from_bfloat16_bits(bits: np.ndarray) -> np.ndarray:
+    """The float32 values of bfloat16 bit patterns (exact: bfloat16 is float32's top half)."""
+    return torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16).float().numpy()
+
+
 # Arrays from Ray's object store are read-only; we only ever read them through torch.from_numpy.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
@@ -182,7 +197,8 @@ class ShardState:
         if not isinstance(grad, np.ndarray):
             return f"gradient must be a numpy array, got {type(grad).__name__}"
         if grad.dtype != np.float32:
-            return f"gradient dtype {grad.dtype}, expected float32"
+            return (f"gradient dtype {grad.dtype}, expected float32 (or bfloat16, sent as its "
+                    f"uint16 bits)")
         if grad.ndim != 1 or grad.shape[0] != self.params.shape[0]:
             return f"gradient shape {grad.shape}, expected ({self.params.shape[0]},)"
         if not isinstance(version_read, (int, np.integer)) or not 0 <= version_read <= self.version:
@@ -206,6 +222,8 @@ class ShardState:
         with self.cond:
             self.clocks[worker] += 1
             self.cond.notify_all()  # a waiting worker may be ready now, whatever happens below
+            if isinstance(grad, np.ndarray) and grad.dtype == BFLOAT16_BITS:
+                grad = from_bfloat16_bits(grad)  # checked and accumulated in float32, as always
             reason = self._validate(grad, version_read, bn_stats, shard)
             if reason:
                 return self._record(worker, Decision(REJECTED, 0.0, reason), -1, -1, 0.0)

@@ -170,7 +170,7 @@ def worker_options(plan: Plan) -> dict:
     coordinated = make_policy(cfg.policy, **cfg.policy_options()).coordinates
     return dict(image_size=plan.image_size, fetch_every=cfg.fetch_every,
                 push_every=cfg.push_every, max_inflight=cfg.max_inflight,
-                prefetch=cfg.prefetch and not coordinated, amp=cfg.amp,
+                prefetch=cfg.prefetch and not coordinated, amp=cfg.amp, push_dtype=cfg.push_dtype,
                 channels_last=cfg.channels_last, **loss)
 
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.layout import FlatModel, ShardSpec
+from ..core.shard import to_bfloat16_bits
 from ..data.datasets import Batches
 from ..models import training_loss
 
@@ -47,7 +48,7 @@ class Worker:
                  fetch_every: int = 1, push_every: int = 1, max_inflight: int = 2,
                  aux_weight: float = 0.3, label_smoothing: float = 0.0, device="cpu",
                  delay=None, clock: int = 0, prefetch: bool = False, amp: str = "off",
-                 channels_last: str = "off"):
+                 channels_last: str = "off", push_dtype: str = "float32"):
         self.id = worker_id
         self.flat, self.model, self.shards, self.client = flat, flat.model, shards, client
         self.batches = batches
@@ -60,6 +61,7 @@ class Worker:
         # by default; the flat model must have been built with the same channels_last
         self.amp = amp == "bf16" or (amp == "auto" and cuda)
         self.channels_last = bool(flat.permuted)
+        self.push_bfloat16 = push_dtype == "bfloat16"  # half the bytes on the wire
         self.delay = delay  # a StepDelay (or None): injected straggling, see delays.py
         self.now = time.time  # the simulator replaces this with its virtual clock
         self.versions = [0] * len(shards)  # shard versions of the weights in the model now
@@ -133,7 +135,8 @@ class Worker:
         return float(loss.detach())
 
     def push(self, loss: float) -> None:
-        grads = self.flat.wire_grads().cpu().numpy()  # (P,), in the server's order
+        wire = self.flat.wire_grads()  # (P,), in the server's order
+        grads = to_bfloat16_bits(wire) if self.push_bfloat16 else wire.cpu().numpy()
         bn = self.flat.buffers.cpu().numpy()  # (Bf,)
         handles = [self.client.push(s.index, grads[s.params[0]:s.params[1]], self.window[s.index],
                                     self.id, bn[s.buffers[0]:s.buffers[1]]) for s in self.shards]
