@@ -60,11 +60,12 @@ def plain_loop(model_name: str, batch: int, steps: int) -> float:
     return steps * batch / timed(step, steps)
 
 
-def ray_worker(model_name: str, batch: int, steps: int, shards: int, prefetch: bool) -> float:
+def ray_worker(model_name: str, batch: int, steps: int, shards: int, prefetch: bool,
+               push_dtype: str = "float32") -> float:
     import ray
 
     cfg = TrainConfig(model=model_name, workers=1, ps_shards=shards, batch_size=batch,
-                      progress=False, prefetch=prefetch, dataset="synthetic",
+                      progress=False, prefetch=prefetch, dataset="synthetic", push_dtype=push_dtype,
                       run_dir=tempfile.mkdtemp(prefix="bench-gpu-")).validate()
     plan = prepare(cfg)
     x, y = data(model_name, batch)
@@ -95,21 +96,25 @@ def main() -> None:
     start_ray(None)
     rows, results = [], {}
     for m in a.models:
-        base, ours, pre = [], [], []
+        base, ours, pre, half = [], [], [], []
         for _ in range(a.rounds):
             base.append(plain_loop(m, a.batch_size, a.steps))
             ours.append(ray_worker(m, a.batch_size, a.steps, a.shards, prefetch=False))
             pre.append(ray_worker(m, a.batch_size, a.steps, a.shards, prefetch=True))
-        b, o, p = (statistics.median(v) for v in (base, ours, pre))
-        results[m] = {"plain": base, "worker": ours, "prefetch": pre}
-        rows.append(f"| {m} | {b:.0f} | {o:.0f} | {100 * o / b:.0f}% | {p:.0f} | {100 * p / b:.0f}% |")
+            half.append(ray_worker(m, a.batch_size, a.steps, a.shards, prefetch=True,
+                                   push_dtype="bfloat16"))
+        b, o, p, h = (statistics.median(v) for v in (base, ours, pre, half))
+        results[m] = {"plain": base, "worker": ours, "prefetch": pre, "prefetch_bf16": half}
+        rows.append(f"| {m} | {b:.0f} | {o:.0f} | {100 * o / b:.0f}% | {p:.0f} | {100 * p / b:.0f}% "
+                    f"| {h:.0f} | {100 * h / b:.0f}% |")
         print(rows[-1], flush=True)
     text = "\n".join([
         f"Machine: {machine()}, {torch.cuda.get_device_name()}; batch {a.batch_size}, "
         f"{a.shards} shards on the CPUs, {a.steps} timed steps, {a.rounds} alternating rounds, "
         f"medians.", "",
         "| model | plain loop (bf16, channels_last) img/s | Ray worker img/s | ratio "
-        "| with --prefetch img/s | ratio |", "| --- | ---: | ---: | ---: | ---: | ---: |", *rows])
+        "| with --prefetch img/s | ratio | --prefetch --push-dtype bfloat16 img/s | ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", *rows])
     print(text)
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "gpu_ray_worker.json").write_text(json.dumps(results))
