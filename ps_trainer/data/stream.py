@@ -110,13 +110,8 @@ class PartitionStream(torch.utils.data.IterableDataset):
         xs, ys = [], []
         for s, first, last in self.rows(process, processes):
             piece = self.pieces[s.piece]
-            if piece.path not in files:  # kept open: its row groups come one after another
-                files[piece.path] = open_parquet(piece.path)
-            table = files[piece.path].read_row_group(piece.row_group, columns=["image", "label"],
-                                                     use_threads=False)
-            order = row_order(piece.rows, self.seed, s.epoch, s.piece)[first:last]
-            images, labels = table.column("image").combine_chunks(), table.column("label").to_numpy()
-            for r in order:
+            images, labels = read_row_group(piece, files)
+            for r in row_order(piece.rows, self.seed, s.epoch, s.piece)[first:last]:
                 img = augment.decode(images[int(r)].as_py(), self.transform.decode_side)
                 # one generator per image: its augmentation is the same whoever reads it, from
                 # whichever position (a resumed stream repeats an uninterrupted one exactly)
@@ -126,6 +121,18 @@ class PartitionStream(torch.utils.data.IterableDataset):
                 if len(ys) == self.batch_size:
                     yield torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.int64)
                     xs, ys = [], []
+
+
+def read_row_group(piece: Piece, files: dict):
+    """(encoded images, labels) of one row group. `files` keeps the last file open (a held-out
+    split reads its row groups in file order; a training stream's come shuffled, so keeping
+    every file it met open would only grow)."""
+    if piece.path not in files:
+        files.clear()
+        files[piece.path] = open_parquet(piece.path)
+    table = files[piece.path].read_row_group(piece.row_group, columns=["image", "label"],
+                                             use_threads=False)  # no pyarrow threads per process
+    return table.column("image").combine_chunks(), table.column("label").to_numpy()
 
 
 class StreamBatches:
@@ -144,7 +151,6 @@ class StreamBatches:
             # that a forked child would inherit in whatever state they were
             multiprocessing_context="spawn" if processes else None)
         self._it = iter(self.loader)
-        self.note = ""
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         batch = next(self._it)
@@ -179,11 +185,7 @@ def held_out(pieces: list, transform, batch_size: int, limit: int | None = None)
     xs, ys, n = [], [], 0
     files: dict = {}
     for piece in pieces:
-        if piece.path not in files:
-            files = {piece.path: open_parquet(piece.path)}  # one open file at a time
-        table = files[piece.path].read_row_group(piece.row_group, columns=["image", "label"],
-                                                 use_threads=False)
-        images, labels = table.column("image").combine_chunks(), table.column("label").to_numpy()
+        images, labels = read_row_group(piece, files)
         for r in range(piece.rows):
             if limit is not None and n >= limit:
                 break

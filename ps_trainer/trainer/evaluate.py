@@ -40,9 +40,20 @@ def recompute_bn(model: nn.Module, x: np.ndarray, batch_size: int, batches: int,
                  image_size: int, seed: int, device="cpu") -> None:
     """Reset BatchNorm running statistics and re-estimate them as a cumulative average over
     `batches` random training batches (momentum=None), as swa_utils.update_bn does."""
+    recompute_bn_from(model, random_batches(x, batch_size, batches, seed), in_channels,
+                      image_size, device)
+
+
+def random_batches(x: np.ndarray, batch_size: int, batches: int, seed: int):
+    """`batches` batches of images drawn at random (without replacement within one) from `x`."""
     rng = np.random.default_rng(seed)
-    recompute_bn_from(model, (x[rng.choice(len(x), size=min(batch_size, len(x)), replace=False)]
-                              for _ in range(batches)), in_channels, image_size, device)
+    return (x[rng.choice(len(x), size=min(batch_size, len(x)), replace=False)]
+            for _ in range(batches))
+
+
+def array_batches(x: np.ndarray, y: np.ndarray, batch_size: int = 256):
+    """(x, y) batches of arrays, in order."""
+    return ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size))
 
 
 @torch.no_grad()
@@ -63,9 +74,8 @@ def recompute_bn_from(model: nn.Module, xs, in_channels: int, image_size: int, d
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, *, in_channels: int, image_size: int,
              batch_size: int = 256, device="cpu") -> dict:
     """Top-1, top-5 accuracy and mean cross-entropy of `model` in eval mode, on arrays."""
-    return evaluate_batches(model, ((x[i:i + batch_size], y[i:i + batch_size])
-                                    for i in range(0, len(y), batch_size)),
-                            in_channels=in_channels, image_size=image_size, device=device)
+    return evaluate_batches(model, array_batches(x, y, batch_size), in_channels=in_channels,
+                            image_size=image_size, device=device)
 
 
 @torch.no_grad()
@@ -80,8 +90,12 @@ def evaluate_batches(model: nn.Module, batches, *, in_channels: int, image_size:
     for x, y in batches:
         logits = main_logits(model(prepare(x, in_channels, image_size, device)))
         target = torch.as_tensor(y).to(logits.device)
-        probs = F.softmax(logits.float(), dim=1).view(len(target), views, -1).mean(dim=1)
-        loss += float(F.nll_loss(probs.clamp_min(1e-12).log(), target, reduction="sum"))
+        if views == 1:  # the cross-entropy of the logits (exact, no softmax rounding)
+            probs = logits
+            loss += float(F.cross_entropy(logits, target, reduction="sum"))
+        else:
+            probs = F.softmax(logits.float(), dim=1).view(len(target), views, -1).mean(dim=1)
+            loss += float(F.nll_loss(probs.clamp_min(1e-12).log(), target, reduction="sum"))
         top = probs.topk(min(5, probs.shape[1]), dim=1).indices  # (B, 5)
         correct1 += int((top[:, 0] == target).sum())
         correct5 += int((top == target[:, None]).any(dim=1).sum())
@@ -95,10 +109,7 @@ def bn_batches(plan):
     `plan.Plan`): random ones of the arrays, or the first of a stream over the training split."""
     cfg, data = plan.cfg, plan.data
     if not data.streamed:
-        rng = np.random.default_rng(cfg.seed)
-        x = data.x_train
-        return (x[rng.choice(len(x), size=min(cfg.batch_size, len(x)), replace=False)]
-                for _ in range(cfg.bn_batches))
+        return random_batches(data.x_train, cfg.batch_size, cfg.bn_batches, cfg.seed)
     from ..data.stream import PartitionStream, StreamBatches
 
     stream = StreamBatches(PartitionStream(data.root, data.pieces("train"), 0, 1, cfg.seed,
@@ -147,8 +158,7 @@ class Evaluator:
         """(batches of (x, y), views per image) of the held-out split."""
         cfg, data = self.plan.cfg, self.plan.data
         if not data.streamed:
-            return ((data.x_test[i:i + 256], data.y_test[i:i + 256])
-                    for i in range(0, data.n_test, 256)), 1
+            return array_batches(data.x_test, data.y_test), 1
         from ..data.stream import held_out
 
         transform = self.plan.transforms[1]

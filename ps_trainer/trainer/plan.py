@@ -178,10 +178,10 @@ def worker_data(plan: Plan, i: int, start: int = 0) -> dict:
     """What worker i reads, from its batch `start` on (a replaced worker, or a resumed run,
     continues its predecessor's batches): its partition's arrays, shipped to it, or, for a
     prepared data set, the description of its stream (stream.py), never pixels."""
-    from ..data.stream import PartitionStream
-
     cfg, data = plan.cfg, plan.data
     if data.streamed:
+        from ..data.stream import PartitionStream
+
         return {"stream": PartitionStream(data.root, data.pieces("train"), i, cfg.workers, cfg.seed,
                                           cfg.batch_size, plan.transforms[0], start)}
     idx = partition(data.n_train, cfg.workers, cfg.seed)[i]
