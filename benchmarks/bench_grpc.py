@@ -1,0 +1,145 @@
+"""Pull + push of a 25.6M-parameter model over gRPC on loopback, against the same through Ray's
+object store (issue 14's target: gRPC at most 2x Ray's time).
+
+Both sides serve one shard (`ShardState`, Nesterov + weight decay + Polyak) from a process of its
+own: a `ParameterServerShard` actor reached by `RayClient`, and `ps_trainer.transport.grpc_server`
+with a `LocalBackend` (started by this script with --serve) reached by `GrpcClient`. A round is
+what a worker does: pull (every shard's snapshot; the shard republishes it, since the last push
+moved the weights), land it in the model's flat buffer (one copy, `Worker._land`), then push a
+gradient with the BatchNorm statistics and wait for the result. Rounds alternate between the two
+transports, so host-load drift hits both alike; medians of the rounds.
+
+    python benchmarks/bench_grpc.py [--params 25600000] [--rounds 9] [--chunk-bytes 1048576]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
+
+from ps_trainer.core import LRSchedule, NesterovMomentum, PolyakAverage, ShardState  # noqa: E402
+from ps_trainer.core.policy import Async  # noqa: E402
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "grpc.md"
+BN = 53_120  # BatchNorm statistics of ResNet-50, elements
+
+
+def shard_options() -> dict:
+    return dict(optimizer=NesterovMomentum(0.9, 1e-4), schedule=LRSchedule(1e-3), policy=Async(),
+                averager=PolyakAverage(0.9999))
+
+
+def initial(n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.standard_normal(n, dtype=np.float32), np.ones(BN, np.float32)
+
+
+def serve_forever(a) -> None:
+    """--serve: the gRPC side's server process; prints its port, serves until killed."""
+    from ps_trainer.transport.grpc_backend import LocalBackend
+    from ps_trainer.transport.grpc_server import serve
+    from ps_trainer.transport.grpc_wire import ModelInfo
+
+    torch.set_num_threads(1)  # as the Ray shard's default
+    params, buffers = initial(a.params)
+    shard = ShardState(0, params, buffers, **shard_options())
+    server = serve(LocalBackend([shard]), ModelInfo("bench", "bench"), chunk_bytes=a.chunk_bytes)
+    print(server.port, flush=True)
+    server.wait()
+
+
+def round_trip(client, model: np.ndarray, grad: np.ndarray, bn: np.ndarray) -> tuple[float, float]:
+    """(s of the pull and landing, s of the push until its result)."""
+    t0 = time.perf_counter()
+    (arr, version), = client.pull(worker=0)
+    np.copyto(model, arr)  # the worker's one copy into its flat buffers
+    t1 = time.perf_counter()
+    result, = client.results([client.push(0, grad, version, 0, bn)])
+    assert result.outcome == "applied", result
+    return t1 - t0, time.perf_counter() - t1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", type=int, default=25_600_000)
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--chunk-bytes", type=int, default=1 << 20)
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-write", action="store_true", help="do not update docs/grpc.md")
+    a = ap.parse_args()
+    if a.serve:
+        return serve_forever(a)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    from ps_trainer.transport.grpc_client import GrpcClient
+    from ps_trainer.transport.ray_shard import ParameterServerShard, RayClient
+
+    torch.set_num_threads(1)
+    n = a.params
+    server = subprocess.Popen([sys.executable, __file__, "--serve", "--params", str(n),
+                               "--chunk-bytes", str(a.chunk_bytes)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        port = int(server.stdout.readline())
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        params, buffers = initial(n)
+        actor = ray.remote(ParameterServerShard).options(num_cpus=0, max_concurrency=4).remote(
+            0, params, buffers, **shard_options())
+        clients = {"Ray (object store)": RayClient([actor]),
+                   "gRPC (loopback)": GrpcClient(f"grpc://127.0.0.1:{port}")}
+        rng = np.random.default_rng(1)
+        grad = (rng.standard_normal(n, dtype=np.float32) * 1e-3)
+        bn = np.ones(BN, np.float32)
+        model = np.empty(n + BN, np.float32)
+        times = {k: [] for k in clients}
+        for k, c in clients.items():  # warm-up: first-touch pages, connections, workers
+            round_trip(c, model, grad, bn)
+        for _ in range(a.rounds):
+            for k, c in clients.items():
+                times[k].append(round_trip(c, model, grad, bn))
+    finally:
+        server.kill()
+        ray.shutdown()
+    mb = 4 * (n + BN) / 1e6  # MB each way
+    med = {k: (float(np.median([p for p, _ in v])), float(np.median([q for _, q in v])),
+               float(np.median([p + q for p, q in v]))) for k, v in times.items()}
+    lines = [f"Machine: {machine()}; one shard of {n:,} float32 ({4 * n / 2**20:.0f} MiB) + "
+             f"{BN:,} BatchNorm statistics; server in its own process for both; "
+             f"{a.chunk_bytes / 2**20:g} MiB chunks; medians of {a.rounds} alternating rounds.", "",
+             "| transport | pull + land, ms | push + result, ms | round, ms | pull MB/s | push MB/s | round MB/s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for k, (p, q, t) in med.items():
+        lines.append(f"| {k} | {1e3 * p:.0f} | {1e3 * q:.0f} | {1e3 * t:.0f} | {mb / p:.0f} | "
+                     f"{mb / q:.0f} | {2 * mb / t:.0f} |")
+    ratio = med["gRPC (loopback)"][2] / med["Ray (object store)"][2]
+    lines += ["", f"**gRPC round = {ratio:.2f}x Ray's** (target: at most 2x)."]
+    text = "\n".join(lines)
+    print(text)
+    if not a.no_write:
+        write_doc_section("Benchmark: gRPC against Ray's object store", text)
+
+
+def write_doc_section(name: str, body: str) -> None:
+    """Replace (or append) the section `## name` of docs/grpc.md."""
+    import re
+
+    text = DOC.read_text() if DOC.exists() else "# The gRPC parameter server\n"
+    section = f"## {name}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    DOC.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
