@@ -23,6 +23,7 @@ import hmac
 import ipaddress
 import logging
 import threading
+import time
 from collections import Counter
 from concurrent import futures
 from dataclasses import dataclass
@@ -136,6 +137,7 @@ class ParameterServerServicer:
         """Header, then the snapshot's bytes in chunks (pre-encoded: see grpc_wire)."""
         shard = self._shard(request.shard_id, context)
         worker = request.worker_id if request.HasField("worker_id") else None
+        t0, held = time.perf_counter(), False
         while True:  # a coordinating policy holds the pull; stop if the client went away
             got = self.backend.pull(shard, request.averaged, worker, request.clock,
                                     self.pull_timeout)
@@ -143,7 +145,10 @@ class ParameterServerServicer:
                 break
             if not context.is_active():
                 return
+            held = True
         arr, version, waited = got
+        if held:  # asked again: the whole time since the first ask
+            waited = time.perf_counter() - t0
         not_modified = request.HasField("if_newer_than") and version <= request.if_newer_than
         yield pb.PullResponse(header=pb.PullHeader(
             version=version, not_modified=not_modified, element_count=arr.shape[0],
