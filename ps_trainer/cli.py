@@ -64,6 +64,12 @@ def train_parser() -> argparse.ArgumentParser:
                                                 f"--no-{flag[2:]} for false)")
             p.add_argument("--no-" + flag[2:], dest=f.name, action="store_const",
                            const="false", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        elif "on" in TrainConfig.CHOICES.get(f.name, ()):  # auto|on|off: `--flag` alone is on
+            p.add_argument(flag, default=argparse.SUPPRESS, action=_Switch, nargs="?",
+                           metavar="auto|on|off", help=f"{helptext} (default: {f.default}; "
+                                                        f"--no-{flag[2:]} for off)")
+            p.add_argument("--no-" + flag[2:], dest=f.name, action="store_const",
+                           const="off", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         else:
             p.add_argument(flag, default=argparse.SUPPRESS, type=str, metavar=type(f.default).__name__.upper(),
                            help=f"{helptext} (default: {f.default!r})")

@@ -124,8 +124,9 @@ class TrainConfig:
                                     "format: auto (on a GPU), on or off")
     push_dtype: str = _f("float32", "gradients on the wire: float32, or bfloat16 (half the bytes; "
                                     "the shard accumulates in float32)")
-    prefetch: bool = _f(False, "request each pull while the step before it computes, hiding its "
-                               "round trips (weights one step older; off under bounded and sync)")
+    prefetch: str = _f("auto", "request each pull while the step before it computes, hiding its "
+                               "round trips (weights one step older): auto (on a GPU), on or off; "
+                               "off under bounded and sync")
     max_inflight: int = _f(2, "pushes a worker may have unacknowledged before it waits "
                               "(0 = wait for each push)")
     publish_every: int = _f(1, "shard versions between published weight snapshots")
@@ -167,6 +168,7 @@ class TrainConfig:
     CHOICES = {"dataset": ("digits", "synthetic", "cifar10", "npz", "parquet"),
                "augment": ("auto", "inception", "resnet", "pad_crop", "none"),
                "amp": ("auto", "bf16", "off"), "channels_last": ("auto", "on", "off"),
+               "prefetch": ("auto", "on", "off"),
                "push_dtype": ("float32", "bfloat16"), "lr_schedule": ("constant", "step"),
                "device": ("auto", "cpu", "cuda"),
                "delay": ("none", "constant", "uniform", "exponential")}
@@ -242,6 +244,8 @@ class TrainConfig:
             raise ValueError(f"--model {self.model!r}: unknown model; choose one of: "
                              f"{', '.join(list_models())}") from None
         for name, allowed in self.CHOICES.items():
+            if "on" in allowed and isinstance(getattr(self, name), bool):  # TrainConfig(prefetch=True)
+                setattr(self, name, "on" if getattr(self, name) else "off")
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one "
                                  f"of: {', '.join(allowed)}")
@@ -358,6 +362,9 @@ def _check(ok: bool, flag: str, value, allowed: str) -> None:
         raise ValueError(f"--{flag} {value!r} is out of range: expected {allowed}")
 
 
+_ON_OFF = {t: "on" for t in ("1", "true", "yes", "on")} | {t: "off" for t in ("0", "false", "no", "off")}
+
+
 def _coerce(name: str, value, default, source: str = "flags"):
     """YAML and flags give strings, numbers, or (YAML) lists, mappings and nulls; make the value
     the field's type or say which setting and what it takes. Ranges are `validate`'s business."""
@@ -374,6 +381,9 @@ def _coerce(name: str, value, default, source: str = "flags"):
             return True
         if text in ("0", "false", "no", "off"):
             return False
+    elif kind is str and "on" in TrainConfig.CHOICES.get(name, ()) and \
+            str(value).lower() in _ON_OFF:  # auto|on|off settings also take YAML's true/false
+        return _ON_OFF[str(value).lower()]
     elif isinstance(value, bool):  # YAML's `true` is an int to Python; it is no number here
         pass
     elif kind is int and isinstance(value, (int, str)):  # not 2.5, and not 2.0 either

@@ -167,12 +167,13 @@ class FlatModel:
             return region.view(o, h, w, i).permute(0, 3, 1, 2)  # (O, I, H, W), channels_last
         return region.view(e.shape)
 
-    def load(self, p0: int, p1: int, src: torch.Tensor) -> None:
-        """Parameters [p0, p1) of the wire (server) order from `src` (any device, read only)."""
+    def load(self, p0: int, p1: int, src: torch.Tensor, non_blocking: bool = False) -> None:
+        """Parameters [p0, p1) of the wire (server) order from `src` (any device, read only;
+        `non_blocking` from pinned host memory: the copy is queued, the host goes on)."""
         if not self.permuted:
-            self.params[p0:p1].copy_(src)
+            self.params[p0:p1].copy_(src, non_blocking=non_blocking)
             return
-        self._wire[p0:p1].copy_(src)
+        self._wire[p0:p1].copy_(src, non_blocking=non_blocking)
         self.params[p0:p1].copy_(self._wire[p0:p1])  # right for all but the permuted ones
         for e in self.permuted:
             if p0 <= e.offset < p1:

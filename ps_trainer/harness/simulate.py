@@ -116,7 +116,7 @@ class Simulation:
                    InProcessClient(self.shards, clock=self.now, publishers=self.publishers),
                    batches, in_channels=plan.in_channels, clock=clock, **options)
         w.now = self.now
-        w.prefetch_thread = False  # a prefetched pull reads at the virtual moment it is requested
+        w.threaded = False  # pulls and pushes happen in line, at their virtual moments
         return w
 
     def replace(self, w: Worker) -> Worker:

@@ -94,7 +94,7 @@ def prepare(cfg: TrainConfig) -> Plan:
     # push (async, SSP, ...) or one BSP step on the mean of K - b of them.
     policy = make_policy(cfg.policy, **cfg.policy_options())
     per_update = policy.gradients_per_update()
-    if cfg.prefetch and policy.coordinates:
+    if cfg.prefetch == "on" and policy.coordinates:
         notes.append(f"--prefetch is off under --policy {cfg.policy}: its pulls wait for the "
                      f"clock they carry, which a pull requested a step early would not")
     return Plan(cfg, data, spec.in_channels, image_size, steps,
@@ -170,7 +170,7 @@ def worker_options(plan: Plan) -> dict:
     coordinated = make_policy(cfg.policy, **cfg.policy_options()).coordinates
     return dict(image_size=plan.image_size, fetch_every=cfg.fetch_every,
                 push_every=cfg.push_every, max_inflight=cfg.max_inflight,
-                prefetch=cfg.prefetch and not coordinated, amp=cfg.amp, push_dtype=cfg.push_dtype,
+                prefetch="off" if coordinated else cfg.prefetch, amp=cfg.amp, push_dtype=cfg.push_dtype,
                 channels_last=cfg.channels_last, **loss)
 
 

@@ -14,11 +14,18 @@ Invariants:
   step spent computing, in injected delay and waiting for a coordinating policy (SSP/BSP).
 - A step is two phases, `begin_step` (maybe pull, compute) and `finish_step` (maybe push), so the
   simulator can put virtual time between them; `step` is both, in real time.
-- With `prefetch`, the pull a step will need is requested when the step before it begins, in a
-  background thread, and lands (one copy) when it is due: its round trips hide behind that
-  step's compute. The weights are then one step older (they miss this worker's own last push
-  and whatever the others pushed during the step); the staleness each push reports says so. Off
-  under SSP and BSP, whose pulls must wait for the clock they carry.
+- Communication runs in one background thread (`comm`), in the order the steps ask for it, so
+  the training thread only computes: a push copies the gradient once into a send buffer (on a GPU,
+  one device-to-host copy into pinned memory on a side stream) and hands it over; the Ray round
+  trips, and the serialization into the object store, overlap the next step's compute.
+- With `prefetch`, the pull a step will need is requested when the step before it begins, and
+  lands (one copy) when it is due: its round trips hide behind that step's compute too. The
+  weights are then one step older (they miss this worker's own last push and whatever the others
+  pushed during the step); the staleness each push reports says so. Off under SSP and BSP, whose
+  pulls must wait for the clock they carry.
+- On a GPU, pulled weights are staged in pinned host memory (in the comm thread) and copied to the
+  device without blocking the host; gradients are zeroed just before the next backward, after
+  the device-to-host copy of the pushed ones (so that copy overlaps the next forward).
 """
 
 from __future__ import annotations
@@ -29,11 +36,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..core.layout import FlatModel, ShardSpec
-from ..core.shard import to_bfloat16_bits
+from ..core.shard import BFLOAT16_BITS
 from ..data.datasets import Batches
 from ..models import training_loss
 
@@ -47,7 +55,7 @@ class Worker:
                  batches: Batches, *, image_size: int | None = None, in_channels: int | None = None,
                  fetch_every: int = 1, push_every: int = 1, max_inflight: int = 2,
                  aux_weight: float = 0.3, label_smoothing: float = 0.0, device="cpu",
-                 delay=None, clock: int = 0, prefetch: bool = False, amp: str = "off",
+                 delay=None, clock: int = 0, prefetch: bool | str = False, amp: str = "off",
                  channels_last: str = "off", push_dtype: str = "float32"):
         self.id = worker_id
         self.flat, self.model, self.shards, self.client = flat, flat.model, shards, client
@@ -78,40 +86,73 @@ class Worker:
         self.images = 0
         self.last_loss = float("nan")
         self.last_compute = 0.0  # s of the last forward/backward
-        self.prefetch = prefetch
-        self.prefetch_thread = True  # the simulator fetches in line, at the virtual moment
-        self._pool: ThreadPoolExecutor | None = None
+        # on, off, or auto: on a GPU, whose steps are short next to the pull of a large model
+        self.prefetch = prefetch in (True, "on") or (prefetch == "auto" and cuda)
+        # Pulls and pushes go through the comm thread; the simulator does them in line, at the
+        # virtual moment they happen.
+        self.threaded = True
+        self._comm: ThreadPoolExecutor | None = None
+        self._acks: ThreadPoolExecutor | None = None  # awaits the shards' replies to pushes
         self._next: Future | None = None  # the prefetched pull, once requested
+        self._sent: Future | None = None  # the last push handed to the comm thread
+        self._outbox: tuple | None = None  # send buffers (gradient, BatchNorm statistics)
+        self._staging: list | None = None  # two sets of pinned pull buffers (GPU)
+        self._staged = 0
+        self._zero_due = False  # the pushed gradient is still in the flat buffer
+        self._copied = None  # CUDA event: the pushed gradient has reached host memory
+        self._d2h = torch.cuda.Stream(self.device) if cuda else None
         self.model.train()
 
     # ---- the three moves of a step ------------------------------------------------------------
     def pull(self) -> None:
         """Copy every shard's weights (and served BatchNorm statistics) into the flat buffers.
         Under a coordinating policy the shards may hold the pull until this worker may read."""
-        self._land(*self._fetch())
+        self._land(*self._request().result())
 
     def _fetch(self) -> tuple[list, float]:
         """The client's pull: every shard's (snapshot, version), and the s the shards held it.
-        Touches nothing of the model, so it may run in a background thread."""
+        Touches nothing of the model, so it runs in the comm thread."""
         snapshots = self.client.pull(worker=self.id, clock=self.clock)
+        if self.device.type == "cuda":
+            snapshots = self._stage(snapshots)
         return snapshots, self.client.last_wait
 
-    def _request(self) -> Future:
-        """Start `_fetch` now: in a background thread, or in line (the simulator)."""
-        if not self.prefetch_thread:
+    def _stage(self, snapshots: list) -> list:
+        """Copy the snapshots into pinned host memory (alternating between two sets, so the one
+        still being copied to the device is never overwritten), from which the device copy is
+        asynchronous and at full bus speed."""
+        if self._staging is None:
+            self._staging = [[torch.empty(a.size, pin_memory=True) for a, _ in snapshots]
+                             for _ in range(2)]
+        self._staged ^= 1
+        out = []
+        for buf, (arr, version) in zip(self._staging[self._staged], snapshots):
+            buf.numpy()[:] = arr  # numpy's copy releases the GIL: the training thread goes on
+            out.append((buf, version))
+        return out
+
+    def _run(self, fn, *args) -> Future:
+        """`fn(*args)` in the comm thread, after everything handed to it before; in line when
+        not `threaded` (the simulator)."""
+        if not self.threaded:
             done: Future = Future()
-            done.set_result(self._fetch())
+            done.set_result(fn(*args))
             return done
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"prefetch-{self.id}")
-        return self._pool.submit(self._fetch)
+        if self._comm is None:
+            self._comm = ThreadPoolExecutor(1, thread_name_prefix=f"comm-{self.id}")
+        return self._comm.submit(fn, *args)
+
+    def _request(self) -> Future:
+        return self._run(self._fetch)
 
     def _land(self, snapshots: list, waited: float) -> None:
+        cuda = self.device.type == "cuda"
         for spec, (arr, version) in zip(self.shards, snapshots):
             p0, p1 = spec.params
             b0, b1 = spec.buffers
-            self.flat.load(p0, p1, torch.from_numpy(arr[:p1 - p0]))  # arr is read-only
-            self.flat.buffers[b0:b1].copy_(torch.from_numpy(arr[p1 - p0:]))
+            src = arr if isinstance(arr, torch.Tensor) else torch.from_numpy(arr)  # read-only
+            self.flat.load(p0, p1, src[:p1 - p0], non_blocking=cuda)
+            self.flat.buffers[b0:b1].copy_(src[p1 - p0:], non_blocking=cuda)
             self.versions[spec.index] = version
             self.seen[spec.index] = max(self.seen[spec.index], version)
         self.timing["wait"] += waited  # s the shards held this pull (SSP/BSP)
@@ -130,26 +171,79 @@ class Worker:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             loss = training_loss(self.model(x), y, aux_weight=self.aux_weight,
                                  label_smoothing=self.label_smoothing)
+        if self._zero_due:  # the last push's gradient has left: start a new one
+            if self._copied is not None:
+                torch.cuda.current_stream(self.device).wait_event(self._copied)
+            self.flat.zero_grad()
+            self._zero_due = False
         (loss / self.push_every).backward()  # the pushed gradient is the mean over push_every
         self.images += len(y)
         return float(loss.detach())
 
     def push(self, loss: float) -> None:
-        wire = self.flat.wire_grads()  # (P,), in the server's order
-        grads = to_bfloat16_bits(wire) if self.push_bfloat16 else wire.cpu().numpy()
-        bn = self.flat.buffers.cpu().numpy()  # (Bf,)
-        handles = [self.client.push(s.index, grads[s.params[0]:s.params[1]], self.window[s.index],
-                                    self.id, bn[s.buffers[0]:s.buffers[1]]) for s in self.shards]
-        self.pushes_sent += len(handles)
+        """Hand the accumulated gradient (and BatchNorm statistics) of every shard to the comm
+        thread; wait for acknowledgements only beyond `max_inflight` pushes in flight."""
+        grads, bn = self._send_buffers()
+        args = [(s.index, grads[s.params[0]:s.params[1]], self.window[s.index], self.id,
+                 bn[s.buffers[0]:s.buffers[1]]) for s in self.shards]
+        self._sent = self._run(self._send, args, self._copied)
+        self._zero_due = True
+        self.pushes_sent += len(args)
         self.clock += 1
-        self.inflight.append((self.step_count, loss, self.now(), dict(self.timing), handles))
+        self.inflight.append((self.step_count, loss, self.now(), dict(self.timing), self._sent))
         self.timing = dict.fromkeys(self.timing, 0.0)
         while len(self.inflight) > self.max_inflight:
             self._acknowledge()
 
+    def _send_buffers(self) -> tuple[np.ndarray, np.ndarray]:
+        """The gradient (in the wire's order and dtype) and BatchNorm statistics, where the comm
+        thread may read them while the next step runs: one copy into send buffers (pinned host
+        memory on a GPU, copied on a side stream: the next forward does not wait for it)."""
+        wire = self.flat.wire_grads()  # (P,), in the server's order
+        if self.push_bfloat16:
+            wire = wire.to(torch.bfloat16).view(torch.int16)
+            if self._d2h is not None:
+                wire.record_stream(self._d2h)  # a temporary the side stream still reads
+        if not self.threaded:  # in line: the client reads them before push returns
+            return wire.cpu().numpy().view(BFLOAT16_BITS if self.push_bfloat16 else np.float32), \
+                self.flat.buffers.cpu().numpy()
+        if self._sent is not None:
+            self._sent.result()  # the comm thread has sent what the buffers hold (long since)
+        cuda = self.device.type == "cuda"
+        if self._outbox is None or self._outbox[0].dtype != wire.dtype:
+            self._outbox = (torch.empty(wire.shape, dtype=wire.dtype, pin_memory=cuda),
+                            torch.empty(self.flat.buffers.shape, pin_memory=cuda))
+        g, b = self._outbox
+        if cuda:
+            self._d2h.wait_stream(torch.cuda.current_stream(self.device))  # after the backward
+            with torch.cuda.stream(self._d2h):
+                g.copy_(wire, non_blocking=True)
+                b.copy_(self.flat.buffers, non_blocking=True)
+                self._copied = torch.cuda.Event()
+                self._copied.record()
+        else:
+            g.copy_(wire)
+            b.copy_(self.flat.buffers)
+        return g.numpy().view(BFLOAT16_BITS if self.push_bfloat16 else np.float32), b.numpy()
+
+    def _send(self, args: list, copied) -> Future:
+        """In the comm thread: each shard's push, once the gradient is in host memory. Returns
+        the future of their results, awaited in a second thread (`acks`), so that neither the
+        training thread nor the next pull waits for a shard's reply."""
+        if copied is not None:
+            copied.synchronize()
+        handles = [self.client.push(*a) for a in args]
+        if not self.threaded:
+            done: Future = Future()
+            done.set_result(self.client.results(handles))
+            return done
+        if self._acks is None:
+            self._acks = ThreadPoolExecutor(1, thread_name_prefix=f"acks-{self.id}")
+        return self._acks.submit(self.client.results, handles)
+
     def _acknowledge(self) -> None:
-        step, loss, t, timing, handles = self.inflight.popleft()
-        for r in self.client.results(handles):
+        step, loss, t, timing, sent = self.inflight.popleft()
+        for r in sent.result().result():  # pushed, then acknowledged
             self.seen[r.shard] = max(self.seen[r.shard], r.version)
             self.rows.append({"time": t, "worker": self.id, "shard": r.shard, "step": step,
                               "version_read": r.version_read, "staleness": r.staleness,
@@ -183,7 +277,6 @@ class Worker:
         self.last_loss = loss
         if self.step_count % self.push_every == 0:
             self.push(loss)
-            self.flat.zero_grad()
 
     def step(self) -> float:
         """One Downpour step in real time: maybe pull, compute, (injected delay), maybe push."""
@@ -204,9 +297,10 @@ class Worker:
         if self._next is not None:
             self._next.cancel()
             self._next = None
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        for pool in (self._comm, self._acks):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+        self._comm = self._acks = None
 
     def drain_rows(self) -> list[dict]:
         return [self.rows.popleft() for _ in range(len(self.rows))]
