@@ -453,3 +453,31 @@ def test_concurrent_streams_are_bounded(server):
 
 
 from ps_trainer.transport.grpc_server import _is_loopback  # noqa: E402
+
+
+def test_a_push_cancelled_mid_stream_is_recorded_and_changes_nothing(server):
+    """A worker that dies mid-push: the shard records a rejection for it, applies nothing."""
+    shard, = small_shards()
+    srv = server([shard])
+    sent = threading.Event()
+
+    def slow():
+        yield header()
+        yield chunk(0, GOOD[:16])
+        sent.set()
+        time.sleep(30)  # never finishes: cancelled below
+
+    with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        push = ch.stream_unary(f"/{SERVICE}/Push", request_serializer=lambda b: b,
+                               response_deserializer=pb.PushResponse.FromString)
+        future = push.future(slow())
+        assert sent.wait(5)
+        time.sleep(0.2)
+        future.cancel()
+    for _ in range(50):
+        if srv.rejections:
+            break
+        time.sleep(0.05)
+    # the server sees the cancellation, or (racing it) a stream that ended short
+    assert srv.rejections in ({"cancelled": 1}, {"truncated": 1})
+    assert shard.version == 0 and shard.stats()["worker_counters"][7] == {"rejected": 1}

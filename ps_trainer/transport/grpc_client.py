@@ -7,7 +7,7 @@ Invariants:
   so a pull (e.g. the worker's prefetch) never overwrites the array the previous pull returned:
   an array stays valid until the next-but-one pull. A pull of a version this client already
   holds is answered "not modified" by the server and costs no transfer.
-- A push is asynchronous (a future), but its bytes are encoded before `push` returns, so the
+- A push is asynchronous (a future), but its bytes are copied (into a reused send buffer) before `push` returns, so the
   caller may zero or reuse its gradient buffer at once. uint16 gradients are bfloat16 bits.
 - A push the shard refused for its values (NaN, a version from the future) comes back as the
   shard's rejected `PushResult`, as from the Ray client; every other failure (layout mismatch,
@@ -16,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -113,6 +114,8 @@ class GrpcClient:
         self._held: list[_Held | None] = [None] * len(sizes)
         self._threads = ThreadPoolExecutor(max(1, len(sizes)), thread_name_prefix="ps-pull")
         self.last_wait = 0.0  # s the shards held the last pull (SSP/BSP)
+        self._send: dict[tuple, list] = {}  # (shard, dtype, BN size) -> free send buffers
+        self._send_lock = threading.Lock()
 
     # ---- the four calls of every PS client ----------------------------------------------------
     def pull(self, averaged: bool = False, worker: int | None = None,
@@ -139,9 +142,25 @@ class GrpcClient:
             shard_id=shard, worker_id=worker, version_read=int(version_read),
             fingerprint=self.fingerprint, dtype=wire_dtype(grad), gradient_count=grad.size,
             batch_norm_count=bn.size))
-        # Encoded now (one copy): the caller may zero `grad` as soon as this returns.
-        messages = [header.SerializeToString(), *chunks([grad, bn])]
-        return _Push(shard, self._push.future(iter(messages), metadata=self._metadata))
+        # Copied now into a send buffer of this client's (reused: no fresh pages), so the
+        # caller may zero `grad` as soon as this returns; encoded chunk by chunk as gRPC sends.
+        key = (shard, grad.dtype.str, bn.size)
+        with self._send_lock:
+            free = self._send.get(key)
+            g, b = free.pop() if free else (np.empty(grad.size, grad.dtype), np.empty_like(bn))
+        np.copyto(g, grad.reshape(-1))
+        np.copyto(b, bn)
+        return _Push(shard, self._push.future(self._stream(header, key, g, b),
+                                              metadata=self._metadata))
+
+    def _stream(self, header: pb.PushRequest, key, g: np.ndarray, b: np.ndarray):
+        """A push's messages; its send buffers go back to the pool once every chunk is out."""
+        yield header.SerializeToString()
+        yield from chunks([g, b])
+        with self._send_lock:
+            free = self._send.setdefault(key, [])
+            if len(free) < 3:
+                free.append((g, b))
 
     def results(self, handles: list[_Push]) -> list[PushResult]:
         out = []
