@@ -116,6 +116,7 @@ class GrpcClient:
         self.last_wait = 0.0  # s the shards held the last pull (SSP/BSP)
         self._send: dict[tuple, list] = {}  # (shard, dtype, BN size) -> free send buffers
         self._send_lock = threading.Lock()
+        self._pull_lock = threading.Lock()
 
     # ---- the four calls of every PS client ----------------------------------------------------
     def pull(self, averaged: bool = False, worker: int | None = None,
@@ -123,11 +124,12 @@ class GrpcClient:
         """`[weights | BatchNorm statistics]` and version of every shard, fetched concurrently;
         `worker` and `clock` (pushes it made) let a coordinating policy hold the pull."""
         n = len(self._held)
-        if n == 1:
-            got = [self._pull_shard(0, averaged, worker, clock)]
-        else:
-            got = list(self._threads.map(lambda i: self._pull_shard(i, averaged, worker, clock),
-                                         range(n)))
+        with self._pull_lock:  # one pull at a time per client: the buffers alternate
+            if n == 1:
+                got = [self._pull_shard(0, averaged, worker, clock)]
+            else:
+                got = list(self._threads.map(
+                    lambda i: self._pull_shard(i, averaged, worker, clock), range(n)))
         self.last_wait = max(w for _, _, w in got)
         return [(arr, version) for arr, version, _ in got]
 
