@@ -9,6 +9,9 @@ lists the zoo.
     ps-train --resume runs/RUN                 # continue from the latest checkpoint
     ps-train export runs/RUN --weights polyak --out model.pt
     ps-train data prepare ~/imagenet data/imagenet   # image folders or CIFAR into Parquet
+    ps-train serve --model digits_cnn --ps-shards 2 --workers 2 --port 50051   # gRPC server
+    ps-train worker --ps grpc://127.0.0.1:50051 --steps 500          # a worker outside Ray
+    ps-train --serve-grpc 50051               # a Ray run that outside workers can join
     ps-train --dataset parquet --data-dir data/imagenet --model inception_v3
 
 Flags are generated from `TrainConfig`, so `--help` always shows every setting and its default.
@@ -37,7 +40,7 @@ from pathlib import Path
 from .config import TrainConfig
 from .flags import ArgumentParser
 
-SUBCOMMANDS = ("train", "models", "sweep", "report", "export", "data")
+SUBCOMMANDS = ("train", "models", "sweep", "report", "export", "data", "serve", "worker")
 
 
 class _Switch(argparse.Action):
@@ -89,9 +92,19 @@ def _attach_values(argv: list[str], parser: argparse.ArgumentParser) -> list[str
     return out
 
 
-def config_from_args(argv: list[str]) -> TrainConfig:
-    parser = train_parser()
+def config_from_args(argv: list[str], parser: argparse.ArgumentParser | None = None,
+                     extras: tuple = ()) -> TrainConfig:
+    """The settings of `argv`: flags over a --config file (or over a resumed run's own).
+    `parser`: `train_parser()` with the sub-command's own `extras` (popped into `cfg.extras`)."""
+    parser = parser or train_parser()
     args = vars(parser.parse_args(_attach_values(argv, parser)))
+    own = {k: args.pop(k) for k in extras}
+    cfg = _settings(args)
+    cfg.extras = own  # not a setting: not written to config.yaml
+    return cfg
+
+
+def _settings(args: dict) -> TrainConfig:
     path = args.pop("config")
     if args.get("resume") and not path:  # the run's own settings, flags over them
         path = Path(args["resume"]) / "config.yaml"
@@ -172,6 +185,75 @@ def cmd_train(argv: list[str], context: dict) -> int:
     return 130 if summary.get("interrupted") else 0
 
 
+def cmd_serve(argv: list[str], context: dict) -> int:
+    """`ps-train serve`: the parameter server alone, over gRPC (trainer/serve.py)."""
+    p = train_parser()
+    p.prog, p.description = "ps-train serve", (
+        "Serve a parameter server (the shards of --model, with the run's policy, optimizer, "
+        "checkpoints and metrics) over gRPC, for `ps-train worker` processes outside Ray.")
+    p.add_argument("--port", default="50051", help="port to listen on (0 = any free one, "
+                   "printed at start and written to RUN/server.json) (default: 50051)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; any but loopback "
+                   "needs --tls-cert/--tls-key or --insecure (default: 127.0.0.1)")
+    cfg = context["cfg"] = config_from_args(argv, p, ("port", "host")).validate()
+    host, port = cfg.extras["host"], cfg.extras["port"]
+    from .config import grpc_address
+
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    grpc_address(address, "--port")
+    if cfg.resume:
+        from .core import checkpoint
+
+        if not checkpoint.exists(cfg.checkpoint_location()):
+            raise ValueError(f"--resume {cfg.resume}: no checkpoint in "
+                             f"{cfg.checkpoint_location()}/checkpoints")
+    from .trainer import preflight
+    from .trainer.plan import prepare
+    from .trainer.serve import serve_run
+
+    plan = prepare(cfg)
+    preflight.check_plan(plan)
+    preflight.check_locations(cfg)
+    if cfg.dry_run:
+        print(f"dry run: every check passed; would serve {cfg.model} in {cfg.ps_shards} shards "
+              f"on {address}")
+        return 0
+    summary = serve_run(cfg, plan, address, log=lambda s: print(s, flush=True))
+    return 130 if summary.get("interrupted") else 0
+
+
+def cmd_worker(argv: list[str]) -> int:
+    """`ps-train worker --ps grpc://HOST:PORT`: one worker outside Ray (trainer/outside_worker.py)."""
+    p = train_parser()
+    p.prog, p.description = "ps-train worker", (
+        "Train one worker against a parameter server reached over gRPC (`ps-train serve`, or a "
+        "Ray run started with --serve-grpc). The model comes from the server; the data, batch "
+        "and worker settings from these flags.")
+    p.add_argument("--ps", required=True, help="the server: grpc://HOST:PORT (grpcs:// for TLS "
+                   "verified with the system's CAs; --tls-ca FILE for your own CA)")
+    p.add_argument("--steps", default="0", help="steps to train (default: 0 = --epochs of this "
+                   "worker's partition)")
+    p.add_argument("--worker-id", default=None, help="reconnect as this worker id, continuing at "
+                   "its recorded pushes (default: a new id from the server)")
+    cfg = config_from_args(argv, p, ("ps", "steps", "worker_id")).validate()
+    steps = _count(cfg.extras["steps"], "--steps", 0)
+    wid = cfg.extras["worker_id"]
+    wid = None if wid is None else _count(wid, "--worker-id", 0)
+    if cfg.simulate or cfg.serve_grpc or cfg.resume:
+        raise ValueError("--simulate, --serve-grpc and --resume are settings of a run, not of a "
+                         "worker; give them to `ps-train` or `ps-train serve`")
+    from .trainer.outside_worker import run_worker
+
+    out = run_worker(cfg, cfg.extras["ps"], steps, wid, log=lambda s: print(s, flush=True))
+    return 130 if out["interrupted"] else 0
+
+
+def _count(value: str, flag: str, lo: int) -> int:
+    if not str(value).isdigit() or int(value) < lo:
+        raise ValueError(f"{flag} {value}: expected a whole number >= {lo}")
+    return int(value)
+
+
 def guarded(prog: str, argv: list[str], command, run_dir=lambda: "") -> int:
     """`command()` (the sub-command `prog` on `argv`), with whatever goes wrong turned into one
     line on stderr and an exit status (see the module docstring). `run_dir()` is where an
@@ -220,8 +302,13 @@ def main(argv: list[str] | None = None) -> int:
         return guarded(" ".join(["ps-train", *argv[:2]]), argv, lambda: cmd_data(argv[1:]))
     if argv and argv[0] in ("sweep", "report", "export"):
         return guarded(f"ps-train {argv[0]}", argv, lambda: cmd_harness(argv[0], argv[1:]))
-    settings = argv[1:] if argv[:1] == ["train"] else argv
     context: dict = {}
+    run_dir = lambda: context["cfg"].run_dir if "cfg" in context else ""  # noqa: E731
+    if argv and argv[0] == "serve":
+        return guarded("ps-train serve", argv, lambda: cmd_serve(argv[1:], context), run_dir)
+    if argv and argv[0] == "worker":
+        return guarded("ps-train worker", argv, lambda: cmd_worker(argv[1:]))
+    settings = argv[1:] if argv[:1] == ["train"] else argv
     return guarded("ps-train", argv, lambda: cmd_train(settings, context),
                    run_dir=lambda: context["cfg"].run_dir if "cfg" in context else "")
 

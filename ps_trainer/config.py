@@ -154,6 +154,17 @@ class TrainConfig:
                                  "version reaches V (first incarnation only)")
     resume: str = _f("", "continue the run in this run directory from its latest checkpoint "
                          "(its config.yaml is used; flags given here override it)")
+    # --- the gRPC server (ps-train serve, ps-train worker, --serve-grpc) ---------------------------
+    serve_grpc: str = _f("", "a Ray run also serves its shards over gRPC on PORT or HOST:PORT, so "
+                             "`ps-train worker` processes outside Ray can join (empty = off)")
+    token_file: str = _f("", "file holding the shared token every gRPC call carries (else the "
+                             "PS_TRAIN_TOKEN environment variable; none = no token)")
+    tls_cert: str = _f("", "gRPC TLS certificate (PEM): the server's, or a worker's for mutual TLS")
+    tls_key: str = _f("", "private key (PEM) of --tls-cert")
+    tls_ca: str = _f("", "CA certificate (PEM): a worker verifies the server with it; a server "
+                         "given one requires client certificates signed by it (mutual TLS)")
+    insecure: bool = _f(False, "let a gRPC server bind a non-loopback address without TLS "
+                               "(anyone who reaches it can push gradients)")
     # --- where it runs ----------------------------------------------------------------------------
     address: str = _f("", "Ray cluster address to join (or set RAY_ADDRESS); empty = start Ray "
                           "locally on 127.0.0.1")
@@ -276,6 +287,17 @@ class TrainConfig:
         if self.data_dir and self.dataset not in ("cifar10", "npz", "parquet"):  # else unused
             raise ValueError(f"--data-dir {self.data_dir}: --dataset {self.dataset} reads no "
                              f"files; add --dataset cifar10, npz or parquet, or leave it out")
+        for flag in ("token_file", "tls_cert", "tls_key", "tls_ca"):
+            path = getattr(self, flag)
+            if path and not Path(path).is_file():
+                raise ValueError(f"--{flag.replace('_', '-')} {path}: "
+                                 + ("not a file" if Path(path).exists() else "no such file"))
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError(f"--tls-{'key' if self.tls_cert else 'cert'}: missing; a TLS "
+                             f"certificate and its private key go together (--tls-cert FILE "
+                             f"--tls-key FILE)")
+        if self.serve_grpc:
+            grpc_address(self.serve_grpc, "--serve-grpc")
         if "://" in self.run_dir:
             raise ValueError(f"--run-dir {self.run_dir}: the run directory (metrics, reports) is "
                              f"local; put the checkpoints on shared storage with --checkpoint-dir "
@@ -360,6 +382,16 @@ def fault_at(value: str) -> tuple[int, int]:
 def _check(ok: bool, flag: str, value, allowed: str) -> None:
     if not ok:
         raise ValueError(f"--{flag} {value!r} is out of range: expected {allowed}")
+
+
+def grpc_address(value: str, flag: str) -> tuple[str, int]:
+    """(host, port) of PORT or HOST:PORT ([IPv6]:PORT); the host defaults to 127.0.0.1."""
+    host, _, port = str(value).rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{flag} {value}: expected PORT or HOST:PORT with a port in [0, 65535] "
+                         f"(0 = any free port), e.g. 50051 or 0.0.0.0:50051")
+    return host, int(port)
 
 
 _ON_OFF = {t: "on" for t in ("1", "true", "yes", "on")} | {t: "off" for t in ("0", "false", "no", "off")}

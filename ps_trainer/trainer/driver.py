@@ -57,7 +57,7 @@ class Driver:
 
     def __init__(self, plan: Plan, shards: list, workers: list, directory: RunDirectory, log,
                  resources=None, resumed: dict | None = None, stop: list | None = None,
-                 evaluator=None):
+                 evaluator=None, outside=None):
         self.plan, self.cfg, self.shards, self.workers = plan, plan.cfg, shards, workers
         self.directory, self.log, self.resources = directory, log, resources
         self.resumed, self.stop = resumed, stop
@@ -84,6 +84,7 @@ class Driver:
         self.broken = ""  # why a restarted shard could not restore its state
         self.last_evals: list[dict] = []
         self.pending: dict = {}  # the `run` call of each worker still going -> its index
+        self.outside = outside  # --serve-grpc: workers outside Ray (grpc_join.GrpcJoin), or None
 
     def resume_from(self, resumed: dict) -> None:
         """The checkpoint's counts are the truth; rows it has and the table lacks are lost."""
@@ -207,6 +208,10 @@ class Driver:
             self.watch.add(rows)
             self.progress[prog["worker"]] = prog
             self.rows_written[prog["worker"]] += len(rows)
+            self.staleness.extend(r["staleness"] for r in rows if r["staleness"] >= 0)
+        if self.outside is not None:  # pushes of workers outside Ray, as their shards saw them
+            rows = self.outside.drain()
+            self.directory.pushes.write(rows)
             self.staleness.extend(r["staleness"] for r in rows if r["staleness"] >= 0)
         del self.staleness[:-2000]
         return sum(self.total(i)["steps"] for i in self.progress)
@@ -350,6 +355,8 @@ class Driver:
             self.stop_all()
             ray.wait(list(self.pending), num_returns=len(self.pending), timeout=60)
         train_time = time.time() - self.t0
+        if self.outside is not None:
+            self.outside.stop()  # no pushes from outside after the last drain
         steps = self.drain()
         deadline = time.time() + 60
         while not self.broken and not self.recover() and time.time() < deadline:
@@ -368,8 +375,10 @@ class Driver:
         where the metrics are) if the run failed."""
         shard_stats = self.shard_stats()
         self.directory.close()
-        summary, table = summarize(self.plan, final, shard_stats,
-                                   {i: self.total(i) for i in self.progress}, self.directory.path,
+        progress = {i: self.total(i) for i in self.progress}
+        if self.outside is not None:
+            progress.update(self.outside.progress(shard_stats))
+        summary, table = summarize(self.plan, final, shard_stats, progress, self.directory.path,
                                    train_time, interrupted=interrupted,
                                    stopped_for_time=self.stopped_for_time, lost_rows=self.lost_rows,
                                    shard_restarts=self.shard_restarts)

@@ -59,7 +59,7 @@ def _train(cfg: TrainConfig, plan: Plan, local: bool, resources, log, stop: list
     started = start_ray(cfg.address or None)
     actors: list = []  # the shards and the first workers
     workers: list = []  # the live workers: the driver swaps a replacement in (in place)
-    run = None
+    run = join = None
     try:
         if not local:
             resources = _cluster_resources(cfg)
@@ -78,12 +78,19 @@ def _train(cfg: TrainConfig, plan: Plan, local: bool, resources, log, stop: list
             log(f"resumed from checkpoint {resumed['sequence']}: shard versions "
                 f"{[sd['version'] for sd in states]}")
             clocks = _resume_shards(cfg, shards, states, resumed)
+        if cfg.serve_grpc:  # outside workers may join (ps-train worker --ps grpc://...)
+            from .grpc_join import GrpcJoin
+
+            join = GrpcJoin(plan, shards, cfg.run_dir, log)
         workers = make_workers(plan, shards, resources, clocks)
         actors += workers
         evaluator, evaluator_actor = make_evaluator(plan, shards, resources)
         actors += [evaluator_actor] if evaluator_actor else []
-        return Driver(plan, shards, workers, run, log, resources, resumed, stop, evaluator).run()
+        return Driver(plan, shards, workers, run, log, resources, resumed, stop, evaluator,
+                      join).run()
     finally:
+        if join is not None:
+            join.stop()
         for a in actors + workers:  # a replacement worker too (on a joined cluster nobody else
             ray.kill(a)           # would end it: ray.shutdown() is not called there)
         if run is not None:

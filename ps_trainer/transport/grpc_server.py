@@ -100,6 +100,12 @@ class ParameterServerServicer:
     def GetLayout(self, request, context):
         return self.layout.to_proto()
 
+    @property
+    def registered(self) -> frozenset[int]:
+        """Ids of the workers that joined through RegisterWorker."""
+        with self._ids:
+            return frozenset(self._registered)
+
     def RegisterWorker(self, request, context):
         with self._ids:
             if request.HasField("worker_id"):
