@@ -240,3 +240,21 @@ def test_a_bfloat16_push_is_the_float32_push_of_its_rounded_values():
     r = a.push(bad, 1)
     assert r.outcome == "rejected" and "NaN" in r.reason
     np.testing.assert_array_equal(a.params, before)
+
+
+def test_bn_statistics_leave_out_workers_that_stopped_pushing_long_ago():
+    """A worker that finished (or left) long ago pushed statistics of weights that are gone:
+    after more than 4 rounds of pushes of every worker with a slot, its slot no longer counts."""
+    s = shard_of()
+    g = np.zeros(10, np.float32)
+    s.push(g, 0, worker=9, bn_stats=np.array([100, 100], np.float32))  # then it leaves
+    for v in range(1, 8):  # 2 slots: the window is 8 versions behind the newest
+        s.push(g, v, worker=0, bn_stats=np.array([2, 4], np.float32))
+    np.testing.assert_array_equal(s.bn_mean(), [51, 52])  # version 7: worker 9 (at 0) counts
+    s.push(g, 8, worker=0, bn_stats=np.array([2, 4], np.float32))
+    np.testing.assert_array_equal(s.bn_mean(), [51, 52])  # version 8: 0 >= 8 - 8, still counts
+    s.push(g, 9, worker=0, bn_stats=np.array([2, 4], np.float32))
+    np.testing.assert_array_equal(s.bn_mean(), [2, 4])  # 9 - 8 > 0: left out
+    restored = shard_of()
+    restored.load_state_dict(s.state_dict())
+    np.testing.assert_array_equal(restored.bn_mean(), [2, 4])  # the versions are checkpointed

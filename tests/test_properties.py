@@ -162,6 +162,7 @@ class Replay:
         self.ms = None  # DC-ASGD-a's mean square of g
         self.agg, self.contributors, self.retired = [], [], set()
         self.bn: dict[int, np.ndarray] = {}
+        self.bn_at: dict[int, int] = {}  # the version each worker's statistics arrived at
         self.steps: list[list[int]] = []  # BSP: the workers of each step
 
     def apply(self, g: np.ndarray, lr: float) -> None:
@@ -194,7 +195,7 @@ class Replay:
         if cfg.policy == "sync":
             if tau > 0 or worker in self.contributors:
                 return "rejected", 0.0
-            self.bn[worker] = bn
+            self.bn[worker], self.bn_at[worker] = bn, self.version
             self.agg.append(g)
             self.contributors.append(worker)
             if len(self.agg) >= self.quorum():
@@ -202,7 +203,7 @@ class Replay:
             return "aggregated", lr
         if cfg.policy == "drop_stale" and tau > cfg.max_staleness:
             return "rejected", 0.0
-        self.bn[worker] = bn
+        self.bn[worker], self.bn_at[worker] = bn, self.version
         outcome = "applied"
         if cfg.policy == "staleness_lr" and tau > 1:
             outcome, lr = "scaled", lr / tau
@@ -223,7 +224,10 @@ class Replay:
             self.step_aggregate()
 
     def bn_mean(self) -> np.ndarray:
-        return np.mean(list(self.bn.values()), axis=0) if self.bn else self.buffers
+        # the mean over the workers that pushed within 4 rounds of every slot's worker
+        newest = max(self.bn_at.values(), default=0)
+        recent = [a for w, a in self.bn.items() if self.bn_at[w] >= newest - 4 * len(self.bn)]
+        return np.mean(recent, axis=0) if self.bn else self.buffers
 
 
 def run_combination(tmp_path, settings_: dict, cut: bool) -> tuple[Recorded, dict]:

@@ -78,6 +78,7 @@ class ShardState:
         self.average = self.params.copy() if averager is not None else None  # (P_i,) Polyak weights
         self.buffers = np.array(buffers if buffers is not None else [], np.float32, copy=True)  # (B_i,)
         self.bn_slots: dict[int, np.ndarray] = {}  # worker -> latest BatchNorm statistics
+        self.bn_versions: dict[int, int] = {}  # worker -> version when its slot was last written
         self.optimizer = optimizer or NesterovMomentum()
         self.schedule = schedule or LRSchedule(0.01)
         self.policy = policy or Async()
@@ -186,9 +187,16 @@ class ShardState:
             self.cond.notify_all()
 
     def bn_mean(self) -> np.ndarray:
+        """The mean of the workers' latest BatchNorm statistics, leaving out those of workers
+        that stopped pushing long ago (a worker that finished early, or left: its statistics
+        describe weights that are gone). "Long ago" is more than 4 rounds of pushes of every
+        worker with a slot behind the newest slot, so workers that end together all count."""
         if not self.bn_slots:
             return self.buffers.copy()
-        return np.mean(np.stack(list(self.bn_slots.values())), axis=0, dtype=np.float32)
+        newest = max(self.bn_versions.values(), default=0)
+        recent = [a for w, a in self.bn_slots.items()
+                  if self.bn_versions.get(w, newest) >= newest - 4 * len(self.bn_slots)]
+        return np.mean(np.stack(recent), axis=0, dtype=np.float32)
 
     # ---- push ------------------------------------------------------------------------------------
     def _validate(self, grad, version_read, bn_stats, shard) -> str:
@@ -246,6 +254,7 @@ class ShardState:
                 return self._record(worker, decision, version_read, staleness, 0.0)
             if bn_stats is not None and bn_stats.size:
                 self.bn_slots[worker] = bn_stats.copy()
+                self.bn_versions[worker] = self.version
             g = torch.from_numpy(grad)
             lr = self.schedule(self.version) * decision.lr_scale
             if decision.outcome == AGGREGATED:
@@ -325,6 +334,7 @@ class ShardState:
                     "average": None if self.average is None else self.average.copy(),
                     "buffers": self.buffers.copy(),
                     "bn_slots": {w: a.copy() for w, a in self.bn_slots.items()},
+                    "bn_versions": dict(self.bn_versions),
                     "counters": dict(self.counters),
                     "worker_counters": {w: dict(c) for w, c in self.worker_counters.items()},
                     "staleness_sum": self.staleness_sum, "staleness_count": self.staleness_count,
@@ -349,6 +359,7 @@ class ShardState:
                 self.average[:] = sd["average"]
             self.buffers[:] = sd["buffers"]
             self.bn_slots = {int(w): np.asarray(a, np.float32).copy() for w, a in sd["bn_slots"].items()}
+            self.bn_versions = {int(w): int(v) for w, v in sd.get("bn_versions", {}).items()}
             self.version = int(sd["version"])
             self.counters = Counter(sd["counters"])
             self.worker_counters = {int(w): Counter(c) for w, c in sd["worker_counters"].items()}
