@@ -176,7 +176,7 @@ def code_of(path: Path) -> str:
 
 
 COMMAND = re.compile(r"(?<![\w./-])ps-train(?![\w-])((?:[^\n#|;&`)]|#(?=\S))*)")
-SUBCOMMANDS = ("models", "sweep", "report", "export", "data", "train")
+SUBCOMMANDS = ("models", "sweep", "report", "export", "data", "train", "serve", "worker")
 
 
 def command_lines() -> list[tuple[str, list[str]]]:
@@ -214,7 +214,7 @@ def test_every_documented_command_line_parses(where, argv, monkeypatch, tmp_path
 
     if "--help" in argv or "-h" in argv:
         argv = [a for a in argv if a not in ("--help", "-h")]
-    if argv[:1] in (["models"], ["sweep"], ["report"], ["export"], ["data"]):
+    if argv[:1] in (["models"], ["sweep"], ["report"], ["export"], ["data"], ["serve"], ["worker"]):
         original = ArgumentParser.parse_args
 
         def parse_and_stop(self, args=None, namespace=None):
@@ -224,7 +224,10 @@ def test_every_documented_command_line_parses(where, argv, monkeypatch, tmp_path
                 missing = re.match(r"the following arguments are required: (.*)", str(e))
                 if not missing:
                     raise
-                raise Parsed(original(self, [*args, *missing[1].split(", ")], namespace))
+                # positionals (SRC DST) by name; a required flag (`ps-train worker`: --ps) with one
+                filled = [x for name in missing[1].split(", ")
+                          for x in ((name, "VALUE") if name.startswith("--") else (name,))]
+                raise Parsed(original(self, [*args, *filled], namespace))
 
         monkeypatch.setattr(ArgumentParser, "parse_args", parse_and_stop)
         with pytest.raises(Parsed):

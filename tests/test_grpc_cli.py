@@ -160,3 +160,33 @@ def test_an_outside_worker_joins_a_ray_run_through_serve_grpc(tmp_path):
     assert summary["accounted"]
     assert summary["pushes_sent"] == sum(summary["outcomes"].values()) == len(rows["worker"])
     assert summary["raw"]["top1"] >= 0.9 and summary["polyak"]["top1"] >= 0.9
+
+
+@pytest.mark.slow
+def test_ps_train_serve_resumes_from_its_checkpoint_and_keeps_counting(tmp_path):
+    run = tmp_path / "served"
+
+    def session(*extra):
+        server = _start(["serve", "--workers", "1", "--port", "0", "--progress", "false", *extra],
+                        tmp_path / "serve.log")
+        try:
+            port = _port(run, server)
+            out = _worker(port, "--workers", "1", "--steps", "20")
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert server.wait(timeout=120) == 0, (tmp_path / "serve.log").read_text()
+        finally:
+            if server.poll() is None:
+                server.kill()
+        (run / "server.json").unlink()
+        return _worker_counts(out.stdout)
+
+    first = session("--run-dir", str(run))
+    assert first["worker"] == 0 and first["sent"] == 40  # 20 steps x 2 shards
+    second = session("--resume", str(run))
+    assert second["worker"] == 1  # 0 finished: a new id, not one the checkpoint holds
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["versions"] == [40, 40]  # continued from the first session's 20 + 20 more
+    assert summary["pushes_sent"] == 80 == sum(summary["outcomes"].values())
+    assert summary["accounted"]
+    rows = _rows(run)
+    assert {w: rows["worker"].count(w) for w in (0, 1)} == {0: 40, 1: 40}
