@@ -5,7 +5,7 @@ import pytest
 
 from ps_trainer.core import LRSchedule, NesterovMomentum, PolyakAverage
 from ps_trainer.core.policy import Async
-from ps_trainer.transport.ray_shard import ParameterServerShard, RayClient
+from ps_trainer.transport.ray_shard import INLINE_BYTES, ParameterServerShard, RayClient
 
 
 def make(ray, n=1000, publish_every=1, index=0):
@@ -15,27 +15,37 @@ def make(ray, n=1000, publish_every=1, index=0):
                         policy=Async(), averager=PolyakAverage(0.5), publish_every=publish_every)
 
 
-def test_pulls_share_one_published_snapshot_until_the_weights_move(ray_local):
+@pytest.mark.parametrize("n", [1000, 300_000])
+def test_pulls_share_one_published_snapshot_until_the_weights_move(ray_local, n):
+    """Above INLINE_BYTES the snapshot is one object in the store that every pull references;
+    a small one travels inside the reply, taken once per publication all the same."""
     ray = ray_local
-    shard = make(ray, publish_every=3)
-    v1, refs1, _ = ray.get(shard.pull.remote())
-    v2, refs2, _ = ray.get(shard.pull.remote())
-    assert v1 == v2 == 0 and refs1[0] == refs2[0]  # the same object, not a new copy
-    arr = ray.get(refs1[0])
-    assert arr.shape == (1004,) and not arr.flags.writeable  # zero-copy view of the object store
+    shard = make(ray, n=n, publish_every=3)
+    v1, held1, _ = ray.get(shard.pull.remote())
+    v2, held2, _ = ray.get(shard.pull.remote())
+    big = 4 * (n + 4) > INLINE_BYTES
+    assert v1 == v2 == 0 and isinstance(held1, list) == big
+    if big:
+        assert held1[0] == held2[0]  # the same object, not a new copy
+        arr = ray.get(held1[0])
+        assert not arr.flags.writeable  # zero-copy view of the object store
+    else:
+        arr = held1
+        np.testing.assert_array_equal(held1, held2)
+    assert arr.shape == (n + 4,)
     client = RayClient([shard])
-    g = np.ones(1000, np.float32)
+    g = np.ones(n, np.float32)
     for i in range(2):
         assert client.results([client.push(0, g, i, 0, np.full(4, 2.0, np.float32))])[0].outcome == "applied"
     assert ray.get(shard.pull.remote())[0] == 0  # 2 versions behind: still the shared snapshot
     ray.get(client.push(0, g, 2, 0, None))
     (w, version), = client.pull()
     assert version == 3
-    np.testing.assert_allclose(w[1000:], 2.0)  # the pushed BatchNorm statistics are served
-    assert w[:1000].max() < 0  # the weights moved against the gradient
+    np.testing.assert_allclose(w[n:], 2.0)  # the pushed BatchNorm statistics are served
+    assert w[:n].max() < 0  # the weights moved against the gradient
     assert ray.get(shard.stats.remote())["publications"] == 2
     (avg, _), = client.pull(averaged=True)
-    assert not np.array_equal(avg[:1000], w[:1000])  # the Polyak weights are a different set
+    assert not np.array_equal(avg[:n], w[:n])  # the Polyak weights are a different set
 
 
 def test_bad_pushes_through_ray_are_rejected_and_counted(ray_local):

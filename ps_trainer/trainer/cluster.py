@@ -40,8 +40,13 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # address="local": a new node of our own even if another Ray runs on this machine (a
     # `ray start --head` left running would else be joined, with its settings, not ours)
+    from ..transport.ray_shard import INLINE_BYTES
+
+    # Arguments up to 1 MiB (a small model's gradient) travel inside the call, not through the
+    # object store: on digits_cnn this took the raylet's CPU per step from 2.5 ms to 0.1 ms.
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-             _node_ip_address="127.0.0.1", log_to_driver=True, configure_logging=False)
+             _node_ip_address="127.0.0.1", log_to_driver=True, configure_logging=False,
+             _system_config={"max_direct_call_object_size": INLINE_BYTES})
     gcs = ray.get_runtime_context().gcs_address
     if not gcs.startswith("127.0.0.1"):  # ray was imported before ps_trainer set the variable
         warnings.warn(f"the local Ray node listens on {gcs}, not only on 127.0.0.1: import "

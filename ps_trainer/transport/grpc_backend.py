@@ -110,8 +110,10 @@ class RayBackend:
         got = self.ray.get(self.actors[shard].pull.remote(averaged, worker, clock, timeout))
         if got is None:
             return None
-        version, refs, waited = got
-        return self.ray.get(refs[0]), version, waited  # zero-copy, read-only numpy
+        version, held, waited = got
+        if not isinstance(held, list):  # a small snapshot came inside the reply
+            return held, version, waited
+        return self.ray.get(held[0]), version, waited  # zero-copy, read-only numpy
 
     def push(self, shard: int, grad: np.ndarray, version_read: int, worker: int,
              bn_stats: np.ndarray | None) -> PushResult:
