@@ -119,7 +119,9 @@ class TrainConfig:
     fetch_every: int = _f(1, "worker steps between weight fetches (Downpour's n_fetch)")
     push_every: int = _f(1, "worker steps whose gradients are accumulated per push (n_push)")
     amp: str = _f("auto", "mixed precision of the workers' forward/backward: auto (bf16 on a GPU, "
-                          "off on a CPU), bf16 or off; gradients are pushed in float32")
+                          "fp16 on one without bf16, off on a CPU), bf16, fp16 (with dynamic loss "
+                          "scaling; an overflowed gradient is dropped) or off; gradients are "
+                          "pushed in float32")
     channels_last: str = _f("auto", "convolution weights and inputs in channels_last memory "
                                     "format: auto (on a GPU), on or off")
     push_dtype: str = _f("float32", "gradients on the wire: float32, or bfloat16 (half the bytes; "
@@ -178,7 +180,7 @@ class TrainConfig:
 
     CHOICES = {"dataset": ("digits", "synthetic", "cifar10", "npz", "parquet"),
                "augment": ("auto", "inception", "resnet", "pad_crop", "none"),
-               "amp": ("auto", "bf16", "off"), "channels_last": ("auto", "on", "off"),
+               "amp": ("auto", "bf16", "fp16", "off"), "channels_last": ("auto", "on", "off"),
                "prefetch": ("auto", "on", "off"),
                "push_dtype": ("float32", "bfloat16"), "lr_schedule": ("constant", "step"),
                "device": ("auto", "cpu", "cuda"),

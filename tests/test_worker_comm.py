@@ -1,5 +1,6 @@
 """The worker's communication thread (issue 13): pushes and pulls leave the training thread, in
-order, and each push still carries exactly the gradient its step computed; `--prefetch auto|on|off`."""
+order, and each push still carries exactly the gradient its step computed; `--prefetch auto|on|off`;
+fp16 with dynamic loss scaling."""
 
 import threading
 import time
@@ -127,3 +128,38 @@ def test_prefetch_setting_auto_is_off_on_a_cpu_and_forced_off_under_coordinating
     assert TrainConfig.from_dict({"prefetch": True}).validate().prefetch == "on"  # YAML's true
     assert TrainConfig.from_dict({"prefetch": "no"}).validate().prefetch == "off"
     assert TrainConfig().prefetch == "auto"
+
+
+def test_fp16_pushes_the_unscaled_gradient_and_drops_one_that_overflowed():
+    scaled, got = _worker(threaded=False, amp="fp16", max_inflight=0)
+    plain, ref = _worker(threaded=False, amp="fp16", max_inflight=0)
+    assert scaled.loss_scale == 2.0 ** 16
+    plain.loss_scale = 1.0  # no scaling: the reference
+    for _ in range(3):
+        scaled.step()
+        plain.step()
+    assert len(got.grads) == len(ref.grads) == 6
+    for a, b in zip(got.grads, ref.grads):  # scaling by a power of two only changes underflow
+        assert np.linalg.norm(a - b) < 0.01 * np.linalg.norm(b)  # unscaled: 2**16 times off
+    assert scaled.overflows == 0 and scaled.good_pushes == 3
+
+    scaled.loss_scale = 2.0 ** 127  # the loss times this is inf in float32: so are the gradients
+    scaled.step()
+    plain.step()  # the same batch, pushed
+    assert len(got.grads) == 6 and scaled.overflows == 1  # dropped, nothing sent
+    assert scaled.loss_scale == 2.0 ** 126 and scaled.clock == 3 and scaled.good_pushes == 0
+    scaled.loss_scale = 2.0 ** 8
+    scaled.step()  # the dropped gradient is gone: the next push is this step's alone
+    plain.step()
+    for a, b in zip(got.grads[-2:], ref.grads[-2:]):
+        assert np.linalg.norm(a - b) < 0.01 * np.linalg.norm(b)
+    assert scaled.clock == 4
+
+
+def test_amp_auto_is_off_on_a_cpu_and_fp16_is_a_setting():
+    from ps_trainer.worker.worker import amp_dtype
+
+    assert amp_dtype("auto", cuda=False) is None and amp_dtype("off", cuda=True) is None
+    assert amp_dtype("fp16", cuda=False) == torch.float16
+    assert amp_dtype("bf16", cuda=False) == torch.bfloat16
+    assert TrainConfig.from_dict({"amp": "fp16"}).validate().amp == "fp16"

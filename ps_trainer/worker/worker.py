@@ -65,9 +65,13 @@ class Worker:
         self.aux_weight, self.label_smoothing = aux_weight, label_smoothing
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
-        # bf16 autocast (no loss scaling needed, unlike fp16) and channels_last inputs, on a GPU
-        # by default; the flat model must have been built with the same channels_last
-        self.amp = amp == "bf16" or (amp == "auto" and cuda)
+        # Mixed precision: bf16 autocast on a GPU by default (no loss scaling needed), fp16 with
+        # dynamic loss scaling where bf16 is missing; channels_last inputs on a GPU by default
+        # (the flat model must have been built with the same channels_last).
+        self.amp_dtype = amp_dtype(amp, cuda)
+        self.loss_scale = FP16_INITIAL_SCALE if self.amp_dtype == torch.float16 else 1.0
+        self.good_pushes = 0  # in a row, at this loss scale
+        self.overflows = 0  # fp16 gradients that overflowed: dropped, not pushed
         self.channels_last = bool(flat.permuted)
         self.push_bfloat16 = push_dtype == "bfloat16"  # half the bytes on the wire
         self.delay = delay  # a StepDelay (or None): injected straggling, see delays.py
@@ -168,7 +172,8 @@ class Worker:
             x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                            enabled=self.amp_dtype is not None):
             loss = training_loss(self.model(x), y, aux_weight=self.aux_weight,
                                  label_smoothing=self.label_smoothing)
         if self._zero_due:  # the last push's gradient has left: start a new one
@@ -176,13 +181,35 @@ class Worker:
                 torch.cuda.current_stream(self.device).wait_event(self._copied)
             self.flat.zero_grad()
             self._zero_due = False
-        (loss / self.push_every).backward()  # the pushed gradient is the mean over push_every
+        # the pushed gradient is the mean over push_every (and unscaled before it leaves)
+        (loss * (self.loss_scale / self.push_every)).backward()
         self.images += len(y)
         return float(loss.detach())
+
+    def unscale(self) -> bool:
+        """fp16 dynamic loss scaling (Micikevicius et al. 2018, as torch.amp.GradScaler): divide
+        the accumulated gradient by the loss scale; if it overflowed, drop it (nothing is pushed)
+        and halve the scale; after FP16_GROWTH_INTERVAL good pushes in a row, double it.
+        True if the gradient may be pushed."""
+        if self.loss_scale == 1.0:
+            return True
+        if not bool(torch.isfinite(self.flat.grads).all()):
+            self.overflows += 1
+            self.loss_scale /= 2
+            self.good_pushes = 0
+            self._zero_due = True
+            return False
+        self.flat.grads.div_(self.loss_scale)
+        self.good_pushes += 1
+        if self.good_pushes % FP16_GROWTH_INTERVAL == 0:
+            self.loss_scale *= 2
+        return True
 
     def push(self, loss: float) -> None:
         """Hand the accumulated gradient (and BatchNorm statistics) of every shard to the comm
         thread; wait for acknowledgements only beyond `max_inflight` pushes in flight."""
+        if not self.unscale():
+            return  # an fp16 overflow: this window's gradient is dropped (counted in overflows)
         grads, bn = self._send_buffers()
         args = [(s.index, grads[s.params[0]:s.params[1]], self.window[s.index], self.id,
                  bn[s.buffers[0]:s.buffers[1]]) for s in self.shards]
@@ -304,6 +331,20 @@ class Worker:
 
     def drain_rows(self) -> list[dict]:
         return [self.rows.popleft() for _ in range(len(self.rows))]
+
+
+FP16_INITIAL_SCALE = 2.0 ** 16  # torch.amp.GradScaler's defaults
+FP16_GROWTH_INTERVAL = 2000
+
+
+def amp_dtype(setting: str, cuda: bool):
+    """--amp auto|bf16|fp16|off: the autocast dtype, or None. auto is bf16 on a GPU that has it,
+    fp16 (with loss scaling) on one that does not, and off on a CPU."""
+    if setting == "auto":
+        if not cuda:
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setting)
 
 
 def wants_channels_last(setting: str, device: str) -> bool:
