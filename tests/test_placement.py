@@ -50,8 +50,10 @@ def test_shards_go_to_the_cpu_head_and_each_worker_to_its_own_gpu_node(gpu_clust
     import ray
 
     _, head, gpu_nodes = gpu_cluster
-    plan = plan_resources(2, 2, "auto", ray.cluster_resources())
-    assert (plan.device, plan.worker_gpus, plan.shard_cpus, plan.worker_cpus) == ("cuda", 1, 1, 1)
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    plan = plan_resources(2, 2, "auto", ray.cluster_resources(), nodes)
+    # the shards fit on the head: each worker takes the 2 CPUs beside its GPU (its loaders')
+    assert (plan.device, plan.worker_gpus, plan.shard_cpus, plan.worker_cpus) == ("cuda", 1, 1, 2)
 
     @ray.remote
     class Actor:
@@ -83,8 +85,9 @@ def test_the_trainers_own_shards_and_workers_land_there(gpu_cluster, tmp_path):
     cfg = TrainConfig(model="digits_cnn_small", workers=2, ps_shards=2,
                       checkpoint_dir=str(tmp_path / "ckpt")).validate()
     plan = prepare(cfg)
-    resources = plan_resources(cfg.workers, cfg.ps_shards, cfg.device, ray.cluster_resources())
-    assert resources.device == "cuda" and resources.worker_gpus == 1
+    resources = plan_resources(cfg.workers, cfg.ps_shards, cfg.device, ray.cluster_resources(),
+                               [n["Resources"] for n in ray.nodes() if n["Alive"]])
+    assert resources.device == "cuda" and resources.worker_gpus == 1 and resources.worker_cpus == 2
     initial_checkpoint(plan)
     shards = make_shards(plan, resources)
     workers = []

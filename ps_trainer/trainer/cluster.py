@@ -127,9 +127,11 @@ class ResourcePlan:
     warnings: list[str] = field(default_factory=list)
 
 
-def plan_resources(workers: int, shards: int, device: str, resources: dict) -> ResourcePlan:
+def plan_resources(workers: int, shards: int, device: str, resources: dict,
+                   nodes: list[dict] | None = None) -> ResourcePlan:
     """Requests for `workers` worker actors and `shards` shard actors on a cluster with `resources`
-    (what `ray.cluster_resources()` returns). Raises ValueError when the run cannot fit."""
+    (what `ray.cluster_resources()` returns) made of `nodes` (each node's resources, if known).
+    Raises ValueError when the run cannot fit."""
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
     if device == "auto":
         device = "cuda" if gpus >= 1 else "cpu"
@@ -141,8 +143,9 @@ def plan_resources(workers: int, shards: int, device: str, resources: dict) -> R
                              "--device cuda: the cluster has no GPU; use --device cpu or --address "
                              "of a GPU cluster (ray up cluster/gpu.yaml)")
         shard_cpus = min(1.0, max(cpus - workers, 0.0) / shards) if cpus else 0.0
-        return ResourcePlan(min(1.0, cpus / (workers + shards)) if cpus else 0.0, 1.0,
-                            _floor(shard_cpus), "cuda")
+        worker_cpus = min(1.0, cpus / (workers + shards)) if cpus else 0.0
+        beside = _cpus_beside_each_gpu(nodes or [], shards * _floor(shard_cpus))
+        return ResourcePlan(_floor(max(worker_cpus, beside)), 1.0, _floor(shard_cpus), "cuda")
     if cpus <= 0:
         raise ValueError("the Ray cluster reports no CPUs; check --address / RAY_ADDRESS")
     actors = workers + shards
@@ -154,6 +157,19 @@ def plan_resources(workers: int, shards: int, device: str, resources: dict) -> R
                              f"much slower; use --workers {int(cpus)} for speed here, or join a "
                              f"cluster with --address")
     return plan
+
+
+def _cpus_beside_each_gpu(nodes: list[dict], shard_cpus: float) -> int:
+    """Whole CPUs a GPU worker can have on every GPU node (its DataLoader processes decode on
+    them: a resnet50 worker on an H200 needs about 14), leaving the shards theirs: on CPU-only
+    nodes if they fit there (cluster/gpu.yaml's head), else spread over the GPU nodes, with one
+    CPU more for the driver's process there. 0 when the nodes are not known."""
+    gpu_nodes = [n for n in nodes if n.get("GPU", 0) >= 1]
+    if not gpu_nodes:
+        return 0
+    cpu_only = sum(n.get("CPU", 0) for n in nodes if n.get("GPU", 0) < 1)
+    taken = 0.0 if cpu_only and cpu_only >= shard_cpus else shard_cpus / len(gpu_nodes) + 1
+    return max(0, min(int((n.get("CPU", 0) - taken) // int(n["GPU"])) for n in gpu_nodes))
 
 
 def _floor(x: float) -> float:

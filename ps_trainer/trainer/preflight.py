@@ -124,8 +124,8 @@ def check_where(plan) -> str:
         raise ValueError(f"--workers {cfg.workers} --ps-shards {cfg.ps_shards} --batch-size "
                          f"{cfg.batch_size} --image-size {plan.image_size}: more memory than "
                          f"this machine has: {e}") from None
-    r = plan_resources(cfg.workers, cfg.ps_shards, cfg.device,
-                       {"CPU": os.cpu_count(), "GPU": torch.cuda.device_count()})
+    here = {"CPU": os.cpu_count(), "GPU": torch.cuda.device_count()}
+    r = plan_resources(cfg.workers, cfg.ps_shards, cfg.device, here, [here])
     return "\n".join([f"this machine, {r.device}, {r.worker_cpus:g} CPU per worker"
                        + (" and a GPU" if r.worker_gpus else "") + "; the memory estimate fits",
                        *(f"warning: {w}" for w in r.warnings)])

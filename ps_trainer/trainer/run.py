@@ -39,8 +39,8 @@ def train(cfg: TrainConfig, log=print, plan: Plan | None = None, stop: list | No
     local = not (cfg.address or os.environ.get("RAY_ADDRESS"))
     if local:
         check_memory(plan)
-        resources = plan_resources(cfg.workers, cfg.ps_shards, cfg.device,
-                                   {"CPU": os.cpu_count(), "GPU": torch.cuda.device_count()})
+        here = {"CPU": os.cpu_count(), "GPU": torch.cuda.device_count()}
+        resources = plan_resources(cfg.workers, cfg.ps_shards, cfg.device, here, [here])
     if not cfg.run_dir:
         cfg.run_dir = str(new_run_dir("runs", cfg.model))
     with lock.hold(cfg.run_dir, "--resume" if cfg.resume else "--run-dir"):
@@ -104,8 +104,10 @@ def _cluster_resources(cfg: TrainConfig):
     checkpoint storage if it has more than one node."""
     import ray
 
-    resources = plan_resources(cfg.workers, cfg.ps_shards, cfg.device, ray.cluster_resources())
-    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    alive = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    resources = plan_resources(cfg.workers, cfg.ps_shards, cfg.device, ray.cluster_resources(),
+                               alive)
+    nodes = len(alive)
     if nodes > 1 and not checkpoint.shared(cfg.checkpoint_location()):
         raise ValueError(
             f"--checkpoint-dir {cfg.checkpoint_location()}: this cluster has {nodes} nodes, "
