@@ -102,6 +102,7 @@ class Worker:
         self._outbox: tuple | None = None  # send buffers (gradient, BatchNorm statistics)
         self._staging: list | None = None  # two sets of pinned pull buffers (GPU)
         self._staged = 0
+        self._landed: list = [None, None]
         self._zero_due = False  # the pushed gradient is still in the flat buffer
         self._copied = None  # CUDA event: the pushed gradient has reached host memory
         self._d2h = torch.cuda.Stream(self.device) if cuda else None
@@ -113,10 +114,11 @@ class Worker:
         Under a coordinating policy the shards may hold the pull until this worker may read."""
         self._land(*self._request().result())
 
-    def _fetch(self) -> tuple[list, float]:
-        """The client's pull: every shard's (snapshot, version), and the s the shards held it.
-        Touches nothing of the model, so it runs in the comm thread."""
-        snapshots = self.client.pull(worker=self.id, clock=self.clock)
+    def _fetch(self, clock: int) -> tuple[list, float]:
+        """The client's pull: every shard's (snapshot, version), and the s the shards held it;
+        `clock`: this worker's pushes when it asked. Touches nothing of the model, so it runs in
+        the comm thread."""
+        snapshots = self.client.pull(worker=self.id, clock=clock)
         if self.device.type == "cuda":
             snapshots = self._stage(snapshots)
         return snapshots, self.client.last_wait
@@ -128,7 +130,10 @@ class Worker:
         if self._staging is None:
             self._staging = [[torch.empty(a.size, pin_memory=True) for a, _ in snapshots]
                              for _ in range(2)]
+            self._landed = [None, None]  # CUDA events: the set's copy to the device is done
         self._staged ^= 1
+        if self._landed[self._staged] is not None:
+            self._landed[self._staged].synchronize()  # (long since: each step ends in a sync)
         out = []
         for buf, (arr, version) in zip(self._staging[self._staged], snapshots):
             buf.numpy()[:] = arr  # numpy's copy releases the GIL: the training thread goes on
@@ -147,7 +152,7 @@ class Worker:
         return self._comm.submit(fn, *args)
 
     def _request(self) -> Future:
-        return self._run(self._fetch)
+        return self._run(self._fetch, self.clock)
 
     def _land(self, snapshots: list, waited: float) -> None:
         cuda = self.device.type == "cuda"
@@ -159,6 +164,11 @@ class Worker:
             self.flat.buffers[b0:b1].copy_(src[p1 - p0:], non_blocking=cuda)
             self.versions[spec.index] = version
             self.seen[spec.index] = max(self.seen[spec.index], version)
+        if cuda and self._staging is not None:  # the pinned set may be refilled once copied
+            first = snapshots[0][0]
+            used = next(i for i in (0, 1) if self._staging[i][0] is first)
+            self._landed[used] = torch.cuda.Event()
+            self._landed[used].record()
         self.timing["wait"] += waited  # s the shards held this pull (SSP/BSP)
 
     def compute(self) -> float:
