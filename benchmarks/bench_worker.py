@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -82,11 +83,32 @@ def ps_worker(model_name: str, batch: int, steps: int, threads: int, prefetch: b
     (worker,) = make_workers(plan, shards, resources)
     try:
         ray.get(worker.run.remote(3))  # warm-up: first pulls, allocations
+        pids = {name: ray.get(a.__ray_call__.remote(lambda self: os.getpid()))
+                for name, a in (("worker", worker), ("shard", shards[0]))}
+        pids["raylet"] = next((p.pid for p in psutil.process_iter(["name"])
+                               if p.info["name"] == "raylet"), None)
+        before = {k: _cpu(pid) for k, pid in pids.items()}
+        ray.get(worker.drain.remote())
         out = ray.get(worker.run.remote(steps))
+        CPU_MS[prefetch].append({k: 1000 * (_cpu(pid) - before[k]) / steps
+                                 for k, pid in pids.items()})
+        rows, _ = ray.get(worker.drain.remote())
+        CPU_MS[prefetch][-1]["compute"] = 1000 * statistics.median(r["compute"] for r in rows)
         return steps * batch / out["seconds"]
     finally:
         for a in shards + [worker]:
             ray.kill(a)
+
+
+CPU_MS: dict = {False: [], True: []}  # per run: CPU ms per step of each process, median compute
+
+
+def _cpu(pid) -> float:
+    """CPU seconds (user + system) a process has used; its threads included."""
+    if pid is None:
+        return 0.0
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
 
 
 def main() -> None:
@@ -105,6 +127,7 @@ def main() -> None:
              "| model | plain PyTorch loop, img/s | ps-trainer worker (Ray, 1 shard), img/s | ratio "
              "| with --prefetch, img/s | ratio |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    cpu: dict = {}
     for m in a.models:
         base, ours, pre = [], [], []
         for _ in range(a.rounds):
@@ -115,8 +138,20 @@ def main() -> None:
         lines.append(f"| {m} | {b:.0f} | {o:.0f} | {100 * o / b:.0f}% | {p:.0f} | "
                      f"{100 * p / b:.0f}% |")
         print(lines[-1], flush=True)
+        for pre in (False, True):
+            runs = CPU_MS[pre][-a.rounds:]
+            cpu[(m, pre)] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     lines += ["", "Target (issue 13): the worker at least 90% of the plain loop on the same model, "
-              "batch and threads."]
+              "batch and threads.", "",
+              "Where the time goes: CPU milliseconds per step (user + system, medians over the "
+              "rounds) of the worker's process (its training thread's forward/backward is the "
+              "median `compute`; the rest is its communication threads and Ray's), the shard's "
+              "process and the raylet.", "",
+              "| model | prefetch | step compute | worker process | shard process | raylet |",
+              "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for (m, pre), c in cpu.items():
+        lines.append(f"| {m} | {'on' if pre else 'off'} | {c['compute']:.2f} | {c['worker']:.2f} "
+                     f"| {c['shard']:.2f} | {c['raylet']:.2f} |")
     text = "\n".join(lines)
     print(text)
     if not a.no_write:
