@@ -3,19 +3,25 @@ object store (issue 14's target: gRPC at most 2x Ray's time).
 
 Both sides serve one shard (`ShardState`, Nesterov + weight decay + Polyak) from a process of its
 own: a `ParameterServerShard` actor reached by `RayClient`, and `ps_trainer.transport.grpc_server`
-with a `LocalBackend` (started by this script with --serve) reached by `GrpcClient`. A round is
-what a worker does: pull (every shard's snapshot; the shard republishes it, since the last push
-moved the weights), land it in the model's flat buffer (one copy, `Worker._land`), then push a
-gradient with the BatchNorm statistics and wait for the result. Rounds alternate between the two
-transports, so host-load drift hits both alike; medians of the rounds.
+with a `LocalBackend` (started by this script with --serve) reached by `GrpcClient` over TCP on
+127.0.0.1 (the headline) and, with --unix, over a Unix domain socket too. A round is what a
+worker does: pull (every shard's snapshot; the shard republishes it, since the last push moved the
+weights), land it in the model's flat buffer (one copy, `Worker._land`), then push a gradient with
+the BatchNorm statistics and wait for the result.
 
-    python benchmarks/bench_grpc.py [--params 25600000] [--rounds 9] [--chunk-bytes 1048576]
+Timing on a small shared machine swings by tens of percent with load, and Ray's own time swings
+most, so: each round runs every transport once, back to back, in an order that rotates from round
+to round (load drift hits all alike); the report gives medians over rounds, the ratio of the
+median rounds, and the median (with quartiles) of each round's own gRPC/Ray ratio.
+
+    python benchmarks/bench_grpc.py [--params 25600000] [--rounds 25] [--chunk-bytes 1048576] [--unix]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import subprocess
 import sys
 import time
@@ -53,7 +59,8 @@ def serve_forever(a) -> None:
     torch.set_num_threads(1)  # as the Ray shard's default
     params, buffers = initial(a.params)
     shard = ShardState(0, params, buffers, **shard_options())
-    server = serve(LocalBackend([shard]), ModelInfo("bench", "bench"), chunk_bytes=a.chunk_bytes)
+    server = serve(LocalBackend([shard]), ModelInfo("bench", "bench"), chunk_bytes=a.chunk_bytes,
+                   unix_socket=a.unix_path or None)
     print(server.port, flush=True)
     server.wait()
 
@@ -72,8 +79,10 @@ def round_trip(client, model: np.ndarray, grad: np.ndarray, bn: np.ndarray) -> t
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", type=int, default=25_600_000)
-    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--rounds", type=int, default=25)
     ap.add_argument("--chunk-bytes", type=int, default=1 << 20)
+    ap.add_argument("--unix", action="store_true", help="also time gRPC over a Unix domain socket")
+    ap.add_argument("--unix-path", default="", help=argparse.SUPPRESS)
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-write", action="store_true", help="do not update docs/grpc.md")
     a = ap.parse_args()
@@ -87,47 +96,75 @@ def main() -> None:
 
     torch.set_num_threads(1)
     n = a.params
+    tmp = tempfile.TemporaryDirectory(prefix="bench-grpc-")
+    unix_path = os.path.join(tmp.name, "ps.sock") if a.unix else ""
     server = subprocess.Popen([sys.executable, __file__, "--serve", "--params", str(n),
-                               "--chunk-bytes", str(a.chunk_bytes)], stdout=subprocess.PIPE,
-                              text=True)
+                               "--chunk-bytes", str(a.chunk_bytes), "--unix-path", unix_path],
+                              stdout=subprocess.PIPE, text=True)
+    RAY, GRPC, UNIX = "Ray (object store)", "gRPC (TCP loopback)", "gRPC (Unix socket)"
     try:
         port = int(server.stdout.readline())
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         params, buffers = initial(n)
         actor = ray.remote(ParameterServerShard).options(num_cpus=0, max_concurrency=4).remote(
             0, params, buffers, **shard_options())
-        clients = {"Ray (object store)": RayClient([actor]),
-                   "gRPC (loopback)": GrpcClient(f"grpc://127.0.0.1:{port}")}
+        clients = {RAY: RayClient([actor]), GRPC: GrpcClient(f"grpc://127.0.0.1:{port}")}
+        if a.unix:
+            clients[UNIX] = GrpcClient(f"unix:{unix_path}")
         rng = np.random.default_rng(1)
         grad = (rng.standard_normal(n, dtype=np.float32) * 1e-3)
         bn = np.ones(BN, np.float32)
         model = np.empty(n + BN, np.float32)
         times = {k: [] for k in clients}
         for k, c in clients.items():  # warm-up: first-touch pages, connections, workers
-            round_trip(c, model, grad, bn)
-        for _ in range(a.rounds):
-            for k, c in clients.items():
-                times[k].append(round_trip(c, model, grad, bn))
+            for _ in range(2):
+                round_trip(c, model, grad, bn)
+        names = list(clients)
+        for r in range(a.rounds):
+            for k in names[r % len(names):] + names[:r % len(names)]:  # the order rotates
+                times[k].append(round_trip(clients[k], model, grad, bn))
     finally:
         server.kill()
         ray.shutdown()
+        tmp.cleanup()
     mb = 4 * (n + BN) / 1e6  # MB each way
     med = {k: (float(np.median([p for p, _ in v])), float(np.median([q for _, q in v])),
                float(np.median([p + q for p, q in v]))) for k, v in times.items()}
-    lines = [f"Machine: {machine()}; one shard of {n:,} float32 ({4 * n / 2**20:.0f} MiB) + "
-             f"{BN:,} BatchNorm statistics; server in its own process for both; "
-             f"{a.chunk_bytes / 2**20:g} MiB chunks; medians of {a.rounds} alternating rounds.", "",
+    lines = [f"Machine: {machine()}, grpcio {grpc_version()}, ray {ray.__version__}, "
+             f"{time.strftime('%Y-%m-%d')}; one shard of {n:,} float32 "
+             f"({4 * n / 2**20:.0f} MiB) + {BN:,} BatchNorm statistics; server in its own process "
+             f"for both; {a.chunk_bytes / 2**20:g} MiB chunks; {a.rounds} rounds, each running "
+             f"every transport once in rotating order; medians over rounds.", "",
+             f"    python benchmarks/bench_grpc.py --rounds {a.rounds}"
+             f"{' --unix' if a.unix else ''}", "",
              "| transport | pull + land, ms | push + result, ms | round, ms | pull MB/s | push MB/s | round MB/s |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for k, (p, q, t) in med.items():
         lines.append(f"| {k} | {1e3 * p:.0f} | {1e3 * q:.0f} | {1e3 * t:.0f} | {mb / p:.0f} | "
                      f"{mb / q:.0f} | {2 * mb / t:.0f} |")
-    ratio = med["gRPC (loopback)"][2] / med["Ray (object store)"][2]
-    lines += ["", f"**gRPC round = {ratio:.2f}x Ray's** (target: at most 2x)."]
+    lines.append("")
+    for k in names[1:]:
+        per_round = [sum(g) / sum(r) for g, r in zip(times[k], times[RAY])]
+        q1, q2, q3 = np.percentile(per_round, [25, 50, 75])
+        bold = "**" if k == GRPC else ""
+        lines.append(f"- {bold}{k}: ratio of the median rounds {med[k][2] / med[RAY][2]:.2f}x "
+                     f"Ray's{bold}; each round's own ratio: median {q2:.2f}x (quartiles "
+                     f"{q1:.2f}-{q3:.2f}x, range {min(per_round):.2f}-{max(per_round):.2f}x).")
+    spread = {k: (1e3 * min(p + q for p, q in v), 1e3 * max(p + q for p, q in v))
+              for k, v in times.items()}
+    lines.append("- Round times, min-max ms: " + ", ".join(f"{k} {lo:.0f}-{hi:.0f}"
+                                                       for k, (lo, hi) in spread.items()) + ".")
+    lines.append("- Target (issue 14): gRPC over TCP loopback at most 2x Ray's time.")
     text = "\n".join(lines)
     print(text)
     if not a.no_write:
         write_doc_section("Benchmark: gRPC against Ray's object store", text)
+
+
+def grpc_version() -> str:
+    import grpc
+
+    return grpc.__version__
 
 
 def write_doc_section(name: str, body: str) -> None:

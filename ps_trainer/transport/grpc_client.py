@@ -7,8 +7,9 @@ Invariants:
   so a pull (e.g. the worker's prefetch) never overwrites the array the previous pull returned:
   an array stays valid until the next-but-one pull. A pull of a version this client already
   holds is answered "not modified" by the server and costs no transfer.
-- A push is asynchronous (a future), but its bytes are copied (into a reused send buffer) before `push` returns, so the
-  caller may zero or reuse its gradient buffer at once. uint16 gradients are bfloat16 bits.
+- A push is asynchronous (a future), but its bytes are copied before `push` returns (into the
+  encoded messages, or with an untuned allocator into a reused send buffer), so the caller may
+  zero or reuse its gradient buffer at once. uint16 gradients are bfloat16 bits.
 - A push the shard refused for its values (NaN, a version from the future) comes back as the
   shard's rejected `PushResult`, as from the Ray client; every other failure (layout mismatch,
   authentication, transport) raises `GrpcError` naming the call, the code and the reason.
@@ -26,9 +27,9 @@ import numpy as np
 from ..core.shard import PushResult
 from ..v1 import parameter_server_pb2 as pb
 from ..v1 import parameter_server_pb2_grpc as pb_grpc
-from .grpc_wire import (RESULT_TRAILER, SERVICE, TOKEN_HEADER, Assembler,
+from .grpc_wire import (CHUNK_BYTES, RESULT_TRAILER, SERVICE, TOKEN_HEADER, Assembler,
                         ServerLayout, WireError, chunks, decode_chunk_stream,
-                        result_from_proto, wire_dtype)
+                        result_from_proto, tune_malloc, wire_dtype)
 
 
 class GrpcError(RuntimeError):
@@ -41,13 +42,16 @@ class GrpcError(RuntimeError):
 
 
 def parse_target(target: str) -> tuple[str, bool]:
-    """`grpc://host:port`, `grpcs://host:port` (TLS) or `host:port` -> (host:port, tls?)."""
+    """`grpc://host:port`, `grpcs://host:port` (TLS) or `host:port` -> (host:port, tls?);
+    `unix:PATH` (or `unix:///ABSOLUTE_PATH`): a server's Unix domain socket on this machine."""
+    if target.startswith("unix:"):
+        return target, False
     for scheme, tls in (("grpc://", False), ("grpcs://", True)):
         if target.startswith(scheme):
             return target[len(scheme):], tls
     if "://" in target:
-        raise ValueError(f"parameter server address {target!r}: use grpc://HOST:PORT or "
-                         f"grpcs://HOST:PORT")
+        raise ValueError(f"parameter server address {target!r}: use grpc://HOST:PORT, "
+                         f"grpcs://HOST:PORT or unix:PATH")
     return target, False
 
 
@@ -72,14 +76,18 @@ class GrpcClient:
     """Connects at once (raises ConnectionError if nothing answers within `connect_timeout` s)
     and reads the server's layout; `fingerprint` (this worker's ParamLayout.fingerprint()), if
     given, must match it. TLS with `root_certificates` (PEM bytes; a grpcs:// target uses the
-    system's), mutual TLS with `private_key` and `certificate_chain` too."""
+    system's), mutual TLS with `private_key` and `certificate_chain` too. `unix:PATH`: a server's
+    Unix domain socket (`serve(unix_socket=PATH)`) on this machine. `options`: gRPC channel
+    arguments; `chunk_bytes`: bytes per pushed chunk; `malloc_tuning`: `grpc_wire.tune_malloc`."""
 
     def __init__(self, target: str, token: str | None = None,
                  root_certificates: bytes | None = None, *, private_key: bytes | None = None,
                  certificate_chain: bytes | None = None, fingerprint: str | None = None,
-                 connect_timeout: float = 10.0, server_name: str | None = None):
+                 connect_timeout: float = 10.0, server_name: str | None = None, options=(),
+                 chunk_bytes: int = CHUNK_BYTES, malloc_tuning: bool = True):
+        self._encode_now = tune_malloc() if malloc_tuning else False
         self.target, tls = parse_target(target)
-        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        options = list(options) + ([("grpc.ssl_target_name_override", server_name)] if server_name else [])
         if tls or root_certificates or certificate_chain:
             creds = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
             self.channel = grpc.secure_channel(self.target, creds, options)
@@ -117,6 +125,7 @@ class GrpcClient:
         self._send: dict[tuple, list] = {}  # (shard, dtype, BN size) -> free send buffers
         self._send_lock = threading.Lock()
         self._pull_lock = threading.Lock()
+        self.chunk_bytes = chunk_bytes
 
     # ---- the four calls of every PS client ----------------------------------------------------
     def pull(self, averaged: bool = False, worker: int | None = None,
@@ -144,8 +153,14 @@ class GrpcClient:
             shard_id=shard, worker_id=worker, version_read=int(version_read),
             fingerprint=self.fingerprint, dtype=wire_dtype(grad), gradient_count=grad.size,
             batch_norm_count=bn.size))
-        # Copied now into a send buffer of this client's (reused: no fresh pages), so the
-        # caller may zero `grad` as soon as this returns; encoded chunk by chunk as gRPC sends.
+        if self._encode_now:
+            # Encoded now, one copy of `grad` into the messages (their memory is reused from
+            # the last push's: tune_malloc), so the caller may zero `grad` as soon as this returns.
+            messages = [header.SerializeToString(),
+                        *chunks([grad.reshape(-1), bn], self.chunk_bytes)]
+            return _Push(shard, self._push.future(iter(messages), metadata=self._metadata))
+        # Without a tuned allocator, 100 MB of fresh messages would be 100 MB of page faults:
+        # copied now into a reused send buffer instead, encoded chunk by chunk as gRPC sends.
         key = (shard, grad.dtype.str, bn.size)
         with self._send_lock:
             free = self._send.get(key)
@@ -158,7 +173,7 @@ class GrpcClient:
     def _stream(self, header: pb.PushRequest, key, g: np.ndarray, b: np.ndarray):
         """A push's messages; its send buffers go back to the pool once every chunk is out."""
         yield header.SerializeToString()
-        yield from chunks([g, b])
+        yield from chunks([g, b], self.chunk_bytes)
         with self._send_lock:
             free = self._send.setdefault(key, [])
             if len(free) < 3:

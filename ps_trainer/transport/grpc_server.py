@@ -38,7 +38,7 @@ from ..core.shard import PushResult
 from ..v1 import parameter_server_pb2 as pb
 from .grpc_wire import (CHUNK_BYTES, RESULT_TRAILER, SERVICE, TOKEN_HEADER,
                         WIRE_DTYPES, Assembler, ModelInfo, ServerLayout, WireError,
-                        decode_chunk_stream, encode_chunk, result_to_proto)
+                        decode_chunk_stream, encode_chunk, result_to_proto, tune_malloc)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,26 @@ class Rejections:
             return dict(self.counts)
 
 
+class _Encoded:
+    """One published snapshot's chunk messages, encoded once, lazily and in order, by whichever
+    reader gets to a chunk first, and served to every reader of that version: W workers pulling
+    the same version cost one encoding (a copy of the shard), not W."""
+
+    def __init__(self, arr: np.ndarray, version: int, chunk_bytes: int):
+        self.source, self.version, self.chunk_bytes = arr, version, chunk_bytes
+        self.data = memoryview(arr).cast("B")  # float32 little-endian (every supported host)
+        self.count = -(-len(self.data) // chunk_bytes)
+        self.messages: list[bytes] = []
+        self.lock = threading.Lock()
+
+    def message(self, k: int) -> bytes:
+        with self.lock:
+            while len(self.messages) <= k:
+                start = len(self.messages) * self.chunk_bytes
+                self.messages.append(encode_chunk(start, self.data[start:start + self.chunk_bytes]))
+            return self.messages[k]
+
+
 class ParameterServerServicer:
     """ParameterServerService over a backend (LocalBackend or RayBackend)."""
 
@@ -95,6 +115,8 @@ class ParameterServerServicer:
         self._registered: set[int] = set()
         self._pool: dict[tuple[int, int, bool], list] = {}  # receive buffers, reused
         self._pool_lock = threading.Lock()
+        self._cache: dict[tuple[int, bool], _Encoded] = {}  # the last snapshot served, encoded
+        self._cache_lock = threading.Lock()
 
     # ---- small calls ---------------------------------------------------------------------------
     def GetLayout(self, request, context):
@@ -140,7 +162,7 @@ class ParameterServerServicer:
 
     # ---- pull ----------------------------------------------------------------------------------
     def Pull(self, request, context):
-        """Header, then the snapshot's bytes in chunks (pre-encoded: see grpc_wire)."""
+        """Header, then the snapshot's bytes in chunks, encoded once per snapshot (`_Encoded`)."""
         shard = self._shard(request.shard_id, context)
         worker = request.worker_id if request.HasField("worker_id") else None
         t0, held = time.perf_counter(), False
@@ -162,9 +184,18 @@ class ParameterServerServicer:
             waited_seconds=waited)).SerializeToString()
         if not_modified:
             return
-        data = memoryview(arr).cast("B")  # float32 little-endian (every supported host)
-        for start in range(0, len(data), self.chunk_bytes):
-            yield encode_chunk(start, data[start:start + self.chunk_bytes])
+        encoded = self._encoded(shard, request.averaged, version, arr)
+        for k in range(encoded.count):
+            yield encoded.message(k)
+
+    def _encoded(self, shard: int, averaged: bool, version: int, arr: np.ndarray) -> "_Encoded":
+        """The chunk messages of this snapshot, shared by every reader of it: the same array
+        object (a published snapshot is immutable; a restored shard publishes a new one)."""
+        with self._cache_lock:
+            got = self._cache.get((shard, averaged))
+            if got is None or got.source is not arr or got.version != version:
+                got = self._cache[(shard, averaged)] = _Encoded(arr, version, self.chunk_bytes)
+            return got
 
     # ---- push ----------------------------------------------------------------------------------
     def Push(self, request_iterator, context):
@@ -359,18 +390,25 @@ class GrpcServer:
 def serve(backend, info: ModelInfo, port: int = 0, host: str = "127.0.0.1", *,
           tls: TLS | None = None, insecure: bool = False, token: str | None = None,
           max_concurrent_streams: int = 64, on_push=None, first_worker_id: int = 0,
-          chunk_bytes: int = CHUNK_BYTES) -> GrpcServer:
+          chunk_bytes: int = CHUNK_BYTES, unix_socket: str | None = None, options=(),
+          malloc_tuning: bool = True) -> GrpcServer:
     """Start serving `backend`'s shards on host:port (port 0: a free one, see `.port`).
 
     `token`: the shared secret every call must carry (read it from a file or the environment,
     never from a command line). `on_push(PushResult)`: every push a shard recorded.
-    `first_worker_id`: ids below it belong to the embedded Ray run's workers."""
+    `first_worker_id`: ids below it belong to the embedded Ray run's workers.
+    `unix_socket`: a path to listen on as well, for workers on this machine (`unix:PATH`; the
+    socket file is its owner's only, mode 0755, and removed when the server stops; same TLS and
+    token as the TCP port). `options`: gRPC server channel arguments. `malloc_tuning`: keep freed
+    message memory for reuse (`grpc_wire.tune_malloc`, process-wide)."""
     if not _is_loopback(host) and tls is None and not insecure:
         raise ValueError(f"refusing to serve on {host!r} without TLS: anyone who can reach it "
                          f"could push gradients; give a certificate and key (--tls-cert, "
                          f"--tls-key), bind 127.0.0.1, or pass --insecure to accept the risk")
     if token is not None and not token:
         raise ValueError("the token is empty; give a non-empty token or none")
+    if malloc_tuning:
+        tune_malloc()
     rejections = Rejections()
     servicer = ParameterServerServicer(backend, info, on_push=on_push,
                                        first_worker_id=first_worker_id, rejections=rejections,
@@ -378,7 +416,7 @@ def serve(backend, info: ModelInfo, port: int = 0, host: str = "127.0.0.1", *,
     server = grpc.server(
         futures.ThreadPoolExecutor(max_concurrent_streams, thread_name_prefix="ps-grpc"),
         interceptors=[TokenInterceptor(token, rejections)] if token else [],
-        maximum_concurrent_rpcs=max_concurrent_streams)
+        maximum_concurrent_rpcs=max_concurrent_streams, options=list(options))
     server.add_generic_rpc_handlers((_handlers(servicer),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -397,9 +435,15 @@ def serve(backend, info: ModelInfo, port: int = 0, host: str = "127.0.0.1", *,
         bound = server.add_insecure_port(address)
     if not bound:
         raise OSError(f"could not bind {address}")
+    if unix_socket:
+        unix = f"unix:{unix_socket}"
+        if not (server.add_secure_port(unix, creds) if tls is not None
+                else server.add_insecure_port(unix)):
+            raise OSError(f"could not bind {unix}")
     server.start()
     for name in (SERVICE, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("parameter server (%d shards) on %s:%d%s%s", len(servicer.layout.shards), host,
-             bound, " with TLS" if tls else "", ", token required" if token else "")
+    log.info("parameter server (%d shards) on %s:%d%s%s%s", len(servicer.layout.shards), host,
+             bound, f" and unix:{unix_socket}" if unix_socket else "", " with TLS" if tls else "",
+             ", token required" if token else "")
     return GrpcServer(server, bound, servicer, health_servicer)
