@@ -111,6 +111,7 @@ def test_serve_refuses_bad_settings_in_one_line_before_listening(tmp_path):
         assert not (tmp_path / "r" / "server.json").exists()
 
 
+@pytest.mark.slow
 def test_a_worker_with_nothing_to_reach_or_the_wrong_token_says_so_in_one_line(tmp_path):
     out = _worker(1, "--steps", "1")  # nothing listens on port 1
     assert out.returncode == 2 and out.stderr.startswith("ps-train worker: error: --ps grpc://")

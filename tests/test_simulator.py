@@ -115,7 +115,8 @@ def test_published_snapshots_make_pulls_stale_as_on_ray(tmp_path, settings):
 
 
 @pytest.mark.parametrize("flags", [["--channels-last", "on"], ["--amp", "bf16"],
-                                   ["--amp", "fp16"], ["--push-dtype", "bfloat16"]])
+                                   pytest.param(["--amp", "fp16"], marks=pytest.mark.slow),
+                                   ["--push-dtype", "bfloat16"]])
 def test_channels_last_and_bf16_workers_train_as_the_default_ones(tmp_path, flags):
     """The GPU defaults, forced on the CPU: channels_last weights (still views of the flat
     buffers, converted to the server's order at pull and push), bf16 autocast, and gradients
