@@ -8,6 +8,8 @@ and it is never printed. TLS material comes from PEM files.
 from __future__ import annotations
 
 import os
+import time
+from collections import Counter, deque
 from pathlib import Path
 
 from ..config import TrainConfig
@@ -46,14 +48,38 @@ def client_tls(cfg: TrainConfig) -> dict:
             "private_key": read(cfg.tls_key)}
 
 
-def push_row(r, now: float) -> dict:
-    """A pushes.parquet row for a push the server saw (the worker's own step, loss and timings
-    stay in the worker's process: NaN / -1 here)."""
-    nan = float("nan")
-    return {"time": now, "worker": r.worker, "shard": r.shard, "step": -1,
-            "version_read": r.version_read, "staleness": r.staleness, "outcome": r.outcome,
-            "lr": r.lr, "loss": nan, "version": r.version, "reason": r.reason,
-            "compute": nan, "delay": nan, "wait": nan}
+class ServedPushes:
+    """The pushes a gRPC server's shards recorded (its `on_push`), turned into pushes.parquet rows
+    (the worker's own step, loss and timings stay in the worker's process: NaN / -1 here), and
+    each worker's totals as the shards saw them. `sent`: rows a resumed run already has."""
+
+    def __init__(self, cfg: TrainConfig, sent: Counter | None = None):
+        self.cfg, self.results, self.sent = cfg, deque(), Counter(sent or {})
+
+    def on_push(self, result) -> None:  # called from the server's threads
+        self.results.append(result)
+
+    def drain(self) -> list[dict]:
+        """Rows of the pushes recorded since the last drain."""
+        nan, now = float("nan"), time.time()
+        rows = [{"time": now, "worker": r.worker, "shard": r.shard, "step": -1,
+                 "version_read": r.version_read, "staleness": r.staleness, "outcome": r.outcome,
+                 "lr": r.lr, "loss": nan, "version": r.version, "reason": r.reason,
+                 "compute": nan, "delay": nan, "wait": nan}
+                for r in (self.results.popleft() for _ in range(len(self.results)))]
+        self.sent.update(r["worker"] for r in rows)
+        return rows
+
+    def progress(self, workers, shard_stats: list[dict]) -> dict:
+        """Totals of `workers` and of every worker with rows: its steps are those whose pushes
+        reached every shard; images at this run's --batch-size (the workers may use another)."""
+        out = {}
+        for w in sorted(set(workers) | set(self.sent)):
+            per_shard = [sum(s["worker_counters"].get(w, {}).values()) for s in shard_stats]
+            steps = min(per_shard) * self.cfg.push_every
+            out[w] = {"worker": w, "loss": float("nan"), "steps": steps,
+                      "images": steps * self.cfg.batch_size, "pushes_sent": self.sent[w]}
+        return out
 
 
 def model_info(plan) -> ModelInfo:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import Counter, deque
+from collections import Counter
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from ..transport.inprocess import InProcessClient
 from . import lock
 from .actors import checkpoint_meta
 from .evaluate import Evaluator
-from .grpc_options import model_info, push_row, read_token, server_tls
+from .grpc_options import ServedPushes, model_info, read_token, server_tls
 from .metrics import RunDirectory, new_run_dir
 from .plan import Plan, shard_options
 from .signals import stop_requested
@@ -74,12 +74,12 @@ class ServedRun:
                 f"{[s.version for s in self.shards]}")
         self.directory = RunDirectory(cfg.run_dir, cfg.to_yaml(), keep_rows=keep)
         # What the kept rows say each worker pushed (a resumed run), then every new row.
-        self.rows_written = Counter()
+        kept = Counter()
         for (w, _), n in self.directory.pushes.kept.items() if keep else ():
-            self.rows_written[w] += n
+            kept[w] += n
+        self.pushes = ServedPushes(cfg, kept)
         self.backend = LocalBackend(self.shards, [Publisher(cfg.publish_every, cfg.publish_interval)
                                                   for _ in self.shards])
-        self.rows: deque = deque()  # filled by the server's threads, drained by the loop
         self.evaluator = Evaluator(plan, InProcessClient(self.shards))
         self.latest = {"raw": float("nan"), "polyak": float("nan")}
         self.server = None
@@ -91,7 +91,7 @@ class ServedRun:
         cfg = self.cfg
         try:
             server = serve(self.backend, model_info(self.plan), port, host, tls=tls,
-                           insecure=cfg.insecure, token=token, on_push=self.rows.append)
+                           insecure=cfg.insecure, token=token, on_push=self.pushes.on_push)
         except (OSError, ValueError) as e:  # the port is taken; no TLS off loopback; ...
             raise ValueError(f"--host {host} --port {port}: {e}") from None
         self.server = server
@@ -142,9 +142,7 @@ class ServedRun:
         return len(joined) >= self.cfg.workers and all(self.backend.clock(w)[1] for w in joined)
 
     def drain(self) -> None:
-        rows = [push_row(self.rows.popleft(), time.time()) for _ in range(len(self.rows))]
-        self.directory.pushes.write(rows)
-        self.rows_written.update(r["worker"] for r in rows)
+        self.directory.pushes.write(self.pushes.drain())
 
     def evaluate(self, final: bool) -> list[dict]:
         evals = self.evaluator(sum(s.version for s in self.shards), self.t0, final=final)
@@ -157,19 +155,12 @@ class ServedRun:
         joined = self.registered()
         done = sum(1 for w in joined if self.backend.clock(w)[1])
         self.log(f"serve: {time.time() - self.t0:.0f} s, versions {[s.version for s in self.shards]}, "
-                 f"{sum(self.rows_written.values())} pushes, workers {len(joined)} joined / "
+                 f"{sum(self.pushes.sent.values())} pushes, workers {len(joined)} joined / "
                  f"{done} finished, top-1 raw {100 * self.latest['raw']:.1f}% polyak "
                  f"{100 * self.latest['polyak']:.1f}%")
 
     def progress(self) -> dict:
-        """Per worker: the pushes the server recorded (its steps are those whose pushes reached
-        every shard; images at this run's --batch-size, which the workers may not share)."""
-        cfg, out = self.cfg, {}
-        for w in set(self.rows_written) | self.registered():
-            steps = min(s.clocks[w] for s in self.shards) * cfg.push_every
-            out[w] = {"worker": w, "loss": float("nan"), "steps": steps,
-                      "images": steps * cfg.batch_size, "pushes_sent": self.rows_written[w]}
-        return out
+        return self.pushes.progress(self.registered(), self.backend.stats())
 
     def save_checkpoint(self) -> None:
         """Checkpoint `sequence` + 1, unless a weight is not finite (the last good one stays)."""
