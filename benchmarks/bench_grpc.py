@@ -85,7 +85,11 @@ def main() -> None:
     ap.add_argument("--unix-path", default="", help=argparse.SUPPRESS)
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-write", action="store_true", help="do not update docs/grpc.md")
+    ap.add_argument("--smoke", action="store_true",
+                    help="1M parameters, 2 rounds, nothing written (the suite's smoke test)")
     a = ap.parse_args()
+    if a.smoke:
+        a.params, a.rounds, a.no_write = 1_000_000, 2, True
     if a.serve:
         return serve_forever(a)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

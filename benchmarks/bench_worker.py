@@ -119,7 +119,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a few steps of digits_cnn, one round, nothing written (the suite's smoke test)")
     a = ap.parse_args()
+    if a.smoke:
+        a.models, a.steps, a.rounds, a.no_write = ["digits_cnn"], 5, 1, True
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     start_ray(None)
     lines = [f"Machine: {machine()}; {a.threads} torch thread(s) per process; batch {a.batch_size}; "
