@@ -184,6 +184,7 @@ class TrainConfig:
                "prefetch": ("auto", "on", "off"),
                "push_dtype": ("float32", "bfloat16"), "lr_schedule": ("constant", "step"),
                "device": ("auto", "cpu", "cuda"),
+               # none + the kinds of worker/delays.py's DELAYS (settings may not import a worker)
                "delay": ("none", "constant", "uniform", "exponential")}
 
     # ---- loading ----------------------------------------------------------------------------

@@ -32,6 +32,12 @@ from .plots import (EVAL_COLUMNS, MARKER, PUSH_COLUMNS, RUN_FILES, STYLE, SWEEP_
                     _axes, _curve, _empty, _int_bins, _moving_average, _pct, _push_losses, _save,
                     _staleness, np, plt)
 
+# Extra plots of the run report: name -> draw(pushes, ax), which draws on one matplotlib axes from
+# the run's push rows (a dict of numpy columns: PUSH_COLUMNS; empty if the table is unreadable);
+# each becomes <name>.png in the run directory, linked from report.md. Empty here: exercise 5 of
+# docs/exercises.md adds one.
+RUN_PLOTS: dict = {}
+
 
 def run_report(run: Path) -> tuple[Path, list[Path]]:
     """Plots of one run and its report section; returns (report.md, PNGs written)."""
@@ -88,6 +94,11 @@ def run_report(run: Path) -> tuple[Path, list[Path]]:
         ax.set(xlabel="total worker steps", ylabel="training loss (cross-entropy)",
                title="push loss: each worker faint, the mean bold")
         _save(fig, run / "loss.png", written)
+
+        for name, draw in RUN_PLOTS.items():
+            fig, (ax,) = _axes(1, width=6.4)
+            draw(pushes, ax)
+            _save(fig, run / f"{name}.png", written)
 
     out = summary.get("outcomes", {})
     sent = sum(out.values())

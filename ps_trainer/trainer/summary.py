@@ -14,6 +14,12 @@ import pyarrow as pa
 
 from .metrics import read_table
 
+# Extra entries of summary.json, each computed from the run's push rows: name -> function of a
+# dict of numpy columns (worker, staleness, shard, version; one row per push and shard; staleness
+# -1 marks a push too malformed to read) returning a JSON-able value. Empty here: a metric added
+# to it (exercise 4 of docs/exercises.md) lands in every run's summary, real or simulated.
+SUMMARY_METRICS: dict = {}
+
 
 def summarize(plan, final_evals: list[dict], shard_stats: list[dict], progress: dict,
               run_path: Path, train_time: float, *, interrupted: bool = False,
@@ -71,6 +77,9 @@ def summarize(plan, final_evals: list[dict], shard_stats: list[dict], progress: 
         "polyak_bn": evals["polyak"]["bn"], "interrupted": interrupted,
         "stopped_for_time": stopped_for_time,
     }
+    if SUMMARY_METRICS:
+        cols = {c: np.asarray(pushes.column(c).to_numpy()) for c in columns}
+        summary.update({name: metric(cols) for name, metric in SUMMARY_METRICS.items()})
     lines = [f"## ps-train: {cfg.model} on {cfg.dataset}, {cfg.workers} workers, "
              f"{cfg.ps_shards} shards, policy {cfg.policy}"
              + (" (interrupted)" if interrupted else " (stopped at --max-time)" if stopped_for_time else ""),
