@@ -5,7 +5,7 @@ lists the zoo.
     ps-train --model resnet18 --workers 8 --address auto
     ps-train --config run.yaml --lr 0.1        # flags override the file
     ps-train --simulate --workers 16           # the deterministic simulator, same flags
-    ps-train sweep examples/staleness_sweep.yaml && ps-train report runs/staleness_sweep
+    ps-train sweep examples/03_staleness_sweep.yaml && ps-train report runs/staleness_sweep
     ps-train --resume runs/RUN                 # continue from the latest checkpoint
     ps-train export runs/RUN --weights polyak --out model.pt
     ps-train data prepare ~/imagenet data/imagenet   # image folders or CIFAR into Parquet

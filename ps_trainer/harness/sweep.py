@@ -425,7 +425,7 @@ def _run_pool(out: Path, cells: list[Cell], processes: int, stop: _Stop, finish,
 def main(argv: list[str]) -> int:
     p = ArgumentParser(prog="ps-train sweep", description="Run (or resume) a grid of runs "
                                 "described by a YAML file, then write its report.")
-    p.add_argument("spec", help="sweep YAML file (see examples/staleness_sweep.yaml)")
+    p.add_argument("spec", help="sweep YAML file (see examples/03_staleness_sweep.yaml)")
     p.add_argument("--out", default=None, help="sweep directory (default: the file's `out`)")
     p.add_argument("--parallel", type=int, default=None, help="cells at once (default: the file's "
                    "`parallel`, else the number of CPUs)")
