@@ -48,6 +48,26 @@ def test_pulls_share_one_published_snapshot_until_the_weights_move(ray_local, n)
     assert not np.array_equal(avg[:n], w[:n])  # the Polyak weights are a different set
 
 
+def test_a_published_snapshot_keeps_its_weights_when_the_next_one_is_assembled(ray_local):
+    """A large snapshot is assembled in a buffer the shard reuses for the next publication: every
+    object already in the store must keep the weights of its own version."""
+    ray = ray_local
+    n = 300_000  # above INLINE_BYTES
+    shard = make(ray, n=n)
+    client = RayClient([shard])
+    g = np.ones(n, np.float32)
+    held = []
+    for i in range(3):
+        version, ref, _ = ray.get(shard.pull.remote())
+        held.append((version, ref[0], ray.get(ref[0]).copy()))
+        ray.get(client.push(0, g, version, 0, None))
+    assert [v for v, _, _ in held] == [0, 1, 2]
+    for version, ref, copy in held:
+        np.testing.assert_array_equal(ray.get(ref), copy)
+    assert held[0][2][:n].max() == 0 > held[1][2][:n].max() > held[2][2][:n].max()
+    assert ray.get(shard.stats.remote())["publications"] == 3
+
+
 def test_bad_pushes_through_ray_are_rejected_and_counted(ray_local):
     ray = ray_local
     shard = make(ray, n=10, index=1)

@@ -70,6 +70,8 @@ class ParameterServerShard:
         # One snapshot per weight set, republished every `publish_every` versions and
         # `publish_interval` s (the rule is core's, shared with the simulator's client).
         self.publisher = Publisher(publish_every, publish_interval)
+        # averaged -> where a large snapshot is assembled before its ray.put (see `_assemble`)
+        self.staging: dict[bool, np.ndarray] = {}
 
     def _slice(self, index: int, checkpoints: str, tries: int = 3) -> tuple[dict | None, str]:
         """This shard's state in the latest checkpoint under `checkpoints`, or (None, why not).
@@ -126,12 +128,17 @@ class ParameterServerShard:
         waited = time.perf_counter() - t0
 
         def take(now: float) -> Published:
-            arr, version = state.snapshot(averaged)
-            # A small snapshot travels inside the reply (one copy, no object-store entry and no
-            # second round trip to fetch it); a large one is put once and read zero-copy by all.
-            held = arr if arr.nbytes <= INLINE_BYTES else [ray.put(arr)]
-            # DC-ASGD compares against the snapshot each worker read: keep it (not a copy).
-            return Published(held, version, now, arr if state.policy.keeps_reads else None)
+            nbytes = 4 * (state.params.shape[0] + state.buffers.shape[0])
+            if nbytes <= INLINE_BYTES or state.policy.keeps_reads:
+                arr, version = state.snapshot(averaged)
+                # A small snapshot travels inside the reply (one copy, no object-store entry and
+                # no second round trip to fetch it). DC-ASGD compares against the snapshot each
+                # worker read: keep it (not a copy).
+                held = arr if nbytes <= INLINE_BYTES else [ray.put(arr)]
+                return Published(held, version, now, arr if state.policy.keeps_reads else None)
+            # A large one is put once and read zero-copy by all.
+            arr, version = self._assemble(averaged)
+            return Published([ray.put(arr)], version, now)
 
         # A coordinating policy promises fresh weights to whoever it lets through.
         held = self.publisher.serve(averaged, state.version, time.monotonic(),
@@ -139,6 +146,22 @@ class ParameterServerShard:
         if worker is not None and held.array is not None:
             state.note_read(worker, held.version, held.array)
         return held.version, held.snapshot, waited
+
+    def _assemble(self, averaged: bool) -> tuple[np.ndarray, int]:
+        """`ShardState.snapshot` into a buffer kept for the next publication: a fresh 100 MB
+        array is faulted in page by page under the shard's lock (~25k faults, slower than the
+        copy itself), and each pull of a moving model publishes one. Safe to reuse: the
+        publisher's lock allows one publication at a time, and `ray.put` has copied the buffer
+        before it returns."""
+        state = self.state
+        with state.lock:
+            w = state.average if averaged and state.average is not None else state.params
+            bn = state.bn_mean()
+            out = self.staging.get(averaged)
+            if out is None or out.shape[0] != w.shape[0] + bn.shape[0]:
+                out = self.staging[averaged] = np.empty(w.shape[0] + bn.shape[0], np.float32)
+            np.concatenate([w, bn], out=out)
+            return out, state.version
 
     def retire(self, worker: int) -> None:
         self.state.retire(worker)

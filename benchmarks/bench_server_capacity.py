@@ -1,0 +1,495 @@
+"""Server capacity (issue 15, item 1): updates per second the sharded parameter server sustains for
+K zero-compute workers, against the object store's own rate for the same bytes (a) and against the
+Ray documentation's parameter server (b). Targets: at least 5x (b) at K=4, at least 75% of (a).
+
+ps-trainer: S `ParameterServerShard` actors (the model cut by `ParamLayout.shards`; Nesterov
+momentum 0.9, weight decay 5e-4, Polyak average 0.99: a run's defaults) and K `ZeroWorker`
+actors, each looping as a `Worker` does minus the compute: pull every shard (`RayClient.pull`),
+land each snapshot in its flat buffers with one copy (`Worker._land`), push one gradient (a fixed
+array of small values) with its BatchNorm statistics to every shard, wait for the results. An
+*update* is one worker's push to every shard; it moves one gradient in and one weight copy out.
+Every actor asks for num_cpus=0, so nothing waits for a CPU slot; they share the cores.
+
+(a) Raw object store, the same bytes with no update math: the same K workers and loop, against S
+`Sink` actors that do nothing. Per shard and update: the worker passes its gradient slice as an
+argument (Ray puts it into the store: one copy; the sink ignores it); it asks for weights, the
+sink `ray.put`s its weight slice (one copy, as a shard puts its snapshot) and returns the
+reference; the worker `ray.get`s it (zero-copy) and lands it with the same one copy. Same calls,
+same puts and gets, same landing; what ps-trainer adds is the shard's work (validation, Nesterov,
+Polyak, the snapshot's concatenation under the lock). Every pull puts a fresh copy here, where a
+shard puts one per new version: with several workers (a) puts at least as often.
+
+(b) The Ray docs' parameter server, asynchronous (`ray_docs_ps.py`, a faithful copy of
+https://docs.ray.io/en/latest/ray-core/examples/plot_parameter_server.html): one ParameterServer
+actor holding ResNet-50 with torch SGD, K DataWorkers with zero compute (fixed gradients, no
+forward/backward), the docs' `ray.wait` driver loop. Run in the ResNet-50, S=1 group, at K = 1
+and 4 by default (each DataWorker holds a whole ResNet-50 and its gradients).
+
+Models: the layouts of ps_trainer.models' resnet50 (25,557,032 parameters + 53,120 BatchNorm
+statistics) and inception_v3 (27,161,264 + 36,224), built on the meta device (no memory, no init).
+
+Measurement: all workers start together and loop for --seconds (and at least --min-updates each).
+The rate is taken over the span in which every worker is past its first update and not yet at its
+last, each worker's progress interpolated between its completions (so it does not round to whole
+updates); the first update (page faults, connections) is never counted. Every (model, S) group
+keeps its actors and runs its cells in an order that rotates from round to round; medians over
+rounds, and for ps-trainer / (a) the median of the per-round ratios. Before its rounds, a group
+runs one uncounted update per worker on each path (the shards fault their state in). Every cell
+checks that each shard counted exactly as many pushes as the workers made updates, and reads the
+CPU time (user + system) the workers, the servers, the raylet and the driver spent per update.
+The object store is sized for 2K + 4 model copies at once (each worker's gradient and the
+snapshot it is landing, and the servers'), 1.5 times that, at most 40% of the memory available.
+
+    python benchmarks/bench_server_capacity.py [--seconds 3] [--rounds 3] [--workers 1 4 16]
+        [--shards 1 2 4] [--docs-workers 1 4] [--smoke] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, write_section  # noqa: E402
+
+from ps_trainer.core import LRSchedule, NesterovMomentum, PolyakAverage  # noqa: E402
+from ps_trainer.core.layout import ParamLayout  # noqa: E402
+from ps_trainer.core.policy import Async  # noqa: E402
+
+SECTION = "Server capacity (issue 15)"
+OURS, STORE, DOCS = "ps-trainer", "(a) object store", "(b) Ray docs PS"
+GRAD = 1e-4  # every gradient element: small, so the weights stay finite however long it runs
+
+
+def layout_of(model: str, smoke: bool) -> ParamLayout:
+    """The model's flat layout (meta device: shapes only); in --smoke a hundredth of its size."""
+    from ps_trainer.models import build
+
+    with torch.device("meta"):
+        layout = ParamLayout.from_model(build(model))
+    if smoke:
+        return ParamLayout((), (), layout.num_params // 100, layout.num_buffers // 100)
+    return layout
+
+
+class ZeroWorker:
+    """A worker without compute, as a Ray actor: the pull, land and push of `Worker`, in a loop."""
+
+    def __init__(self, index: int):
+        torch.set_num_threads(1)  # as a CPU worker
+        self.index = index
+
+    def prepare(self, grad: np.ndarray, num_buffers: int) -> None:
+        """`grad`: the fixed gradient, one read-only array in the object store that every worker
+        shares (private ones would cost 1.6 GB at K=16 and change nothing: a push copies it)."""
+        self.grad = grad
+        self.bn = np.ones(num_buffers, np.float32)  # the BatchNorm statistics pushed along
+        self.params = torch.zeros(grad.shape[0])  # (P,) the flat model, as FlatModel.params
+        self.buffers = torch.zeros(num_buffers)  # (B,) FlatModel.buffers
+        self.params.fill_(0.0)  # touched now, not in the first landing
+
+    def land(self, specs: list, snapshots: list) -> None:
+        """`Worker._land` on a CPU: one copy per shard into the flat buffers."""
+        for spec, (arr, _) in zip(specs, snapshots):
+            (p0, p1), (b0, b1) = spec.params, spec.buffers
+            src = torch.from_numpy(arr)  # read-only, zero-copy from the object store
+            self.params[p0:p1].copy_(src[:p1 - p0])
+            self.buffers[b0:b1].copy_(src[p1 - p0:])
+
+    def run_ps(self, shards: list, specs: list, stop_at: float, min_updates: int) -> dict:
+        """Against ps-trainer's shards: pull, land, push to every shard, wait for the results."""
+        from ps_trainer.transport.ray_shard import RayClient
+
+        client = RayClient(shards)
+        times, phases, outcomes = [], [], set()
+        while time.time() < stop_at or len(times) < min_updates:
+            t0 = time.perf_counter()
+            snapshots = client.pull(worker=self.index, clock=len(times))
+            t1 = time.perf_counter()
+            self.land(specs, snapshots)
+            t2 = time.perf_counter()
+            handles = [client.push(s.index, self.grad[s.params[0]:s.params[1]], version,
+                                   self.index, self.bn[s.buffers[0]:s.buffers[1]])
+                       for s, (_, version) in zip(specs, snapshots)]
+            outcomes.update(r.outcome for r in client.results(handles))
+            del snapshots  # the snapshots go back to the store before the next pull
+            times.append(time.time())
+            phases.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
+        return {"times": times, "phases": phases, "outcomes": sorted(outcomes)}
+
+    def run_store(self, sinks: list, specs: list, stop_at: float, min_updates: int) -> dict:
+        """(a): the same calls and bytes against do-nothing sinks."""
+        import ray
+
+        times, phases = [], []
+        while time.time() < stop_at or len(times) < min_updates:
+            t0 = time.perf_counter()
+            refs = ray.get([s.pull.remote() for s in sinks])
+            snapshots = [(a, 0) for a in ray.get([r[0] for r in refs])]  # zero-copy
+            t1 = time.perf_counter()
+            self.land(specs, snapshots)
+            t2 = time.perf_counter()
+            ray.get([k.push.remote(self.grad[s.params[0]:s.params[1]],
+                                   self.bn[s.buffers[0]:s.buffers[1]]) for k, s in zip(sinks, specs)])
+            del snapshots, refs
+            times.append(time.time())
+            phases.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
+        return {"times": times, "phases": phases, "outcomes": ["none"]}
+
+
+class Sink:
+    """(a)'s do-nothing shard: holds `[weights | BatchNorm statistics]` of one shard's size."""
+
+    def __init__(self, size: int):
+        self.weights = np.ones(size, np.float32)
+
+    def pull(self) -> list:
+        import ray
+
+        return [ray.put(self.weights)]  # one copy into the store, as a shard's snapshot
+
+    def push(self, grad: np.ndarray, bn: np.ndarray) -> bool:
+        return True
+
+
+def span_rate(times: list[list[float]]) -> float:
+    """Updates/s of all workers together over the span where each one is past its first update
+    and not yet at its last: each worker's progress interpolated between its completions."""
+    t0, t1 = max(t[0] for t in times), min(t[-1] for t in times)
+    if t1 <= t0:
+        return float("nan")
+    progress = [np.interp([t0, t1], t, np.arange(len(t))) for t in times]
+    return float(sum(b - a for a, b in progress) / (t1 - t0))
+
+
+def pid_of(actor) -> int:
+    import ray
+
+    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+
+
+def raylet_pid() -> int | None:
+    """This Ray's raylet (it holds the object store), not another Ray's on the same machine."""
+    import ray
+
+    procs = ray._private.worker._global_node.all_processes.get("raylet") or []
+    return procs[0].process.pid if procs else None
+
+
+def cpu_seconds(pids: list) -> float:
+    """CPU seconds (user + system, all threads) the processes have used so far."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        if pid is not None:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def shard_options() -> dict:
+    return dict(optimizer=NesterovMomentum(0.9, 5e-4), schedule=LRSchedule(0.05), policy=Async(),
+                averager=PolyakAverage(0.99))
+
+
+def store_size(max_workers: int, model_bytes: int) -> tuple[int, int, int]:
+    """(object-store bytes to ask for, bytes the run may hold at once, bytes available). At
+    once: each worker's gradient in flight and the snapshot it is landing, the snapshots the
+    shards hold, the docs' weights and gradients; asked: 1.5 times that, at most 40% of the
+    memory available now (the rest is the actors' own: flat buffers, shard state)."""
+    from ps_trainer.trainer.cluster import available_memory
+
+    need = (2 * max_workers + 4) * model_bytes
+    avail = available_memory() or 8 << 30
+    return int(min(max(1.5 * need, 1 << 30), 0.4 * avail)), need, avail
+
+
+def run_cell(path: str, servers: list, specs: list, workers: list, a, rates: list,
+             phases: list) -> tuple[int, list[int]]:
+    """One cell of ps-trainer (servers: shards) or (a) (servers: sinks): every worker loops until
+    the same moment. Returns (updates, pushes each shard counted: ps-trainer only)."""
+    import ray
+
+    shards = servers if path == OURS else []
+    before = [st["pushes"] for st in ray.get([s.stats.remote() for s in shards])]
+    stop_at = time.time() + a.seconds
+    run = "run_ps" if path == OURS else "run_store"
+    outs = ray.get([getattr(w, run).remote(servers, specs, stop_at, a.min_updates) for w in workers])
+    counted = [y["pushes"] - x for x, y in zip(before, ray.get([s.stats.remote() for s in shards]))]
+    updates = sum(len(o["times"]) for o in outs)
+    outcomes = sorted({x for o in outs for x in o["outcomes"]})
+    if shards and (counted != [updates] * len(shards) or outcomes != ["applied"]):
+        raise RuntimeError(f"{path}, S={len(shards)}, K={len(workers)}: the workers made {updates} "
+                           f"updates, the shards counted {counted} pushes, outcomes {outcomes}")
+    rates.append(span_rate([o["times"] for o in outs]))
+    phases += [p for o in outs for p in o["phases"][1:]]  # the first update is a warm-up
+    return updates, counted
+
+
+def run_docs(docs: list, K: int, a, rates: list) -> tuple[int, list]:
+    """(b): the docs' driver loop over its server and K of its workers."""
+    import ray_docs_ps
+
+    issued = ray_docs_ps.run_async(docs[0], docs[1:K + 1], a.seconds, a.min_updates * K)
+    span = issued[-1] - issued[K - 1]  # from the moment every worker has delivered once
+    rates.append((len(issued) - K) / span if span > 0 else float("nan"))
+    return len(issued), []
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=3.0, help="s each cell runs (default 3)")
+    ap.add_argument("--min-updates", type=int, default=3, help="updates each worker makes, at least (default 3)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds over each group's cells (default 3)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 4, 16], help="K (default 1 4 16)")
+    ap.add_argument("--shards", type=int, nargs="+", default=[1, 2, 4], help="S (default 1 2 4)")
+    ap.add_argument("--docs-workers", type=int, nargs="+", default=[1, 4],
+                    help="K for (b) (default 1 4: each DataWorker holds a whole ResNet-50)")
+    ap.add_argument("--models", nargs="+", default=["resnet50", "inception_v3"])
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds; implies --no-write")
+    ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    a = ap.parse_args()
+    if a.smoke:
+        a.seconds, a.min_updates, a.rounds, a.no_write = 0.4, 2, 1, True
+        a.workers, a.shards, a.docs_workers, a.models = [1, 2], [2], [2], ["resnet50"]
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    import ray_docs_ps
+    from ps_trainer.transport.ray_shard import INLINE_BYTES, ParameterServerShard
+
+    ray.cloudpickle.register_pickle_by_value(ray_docs_ps)  # benchmarks/ is not on the actors' path
+    torch.set_num_threads(1)
+    load = os.getloadavg()
+    layouts = {m: layout_of(m, a.smoke) for m in a.models}
+    model_bytes = {m: 4 * (L.num_params + L.num_buffers) for m, L in layouts.items()}
+    max_k = max(a.workers + a.docs_workers)
+    store, need, avail = store_size(max_k, max(model_bytes.values()))
+    # As start_ray (loopback, arguments up to 1 MiB inline), with an object store sized for K.
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+             _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False,
+             object_store_memory=store, _system_config={"max_direct_call_object_size": INLINE_BYTES})
+    print(f"object store {store / 2**30:.1f} GiB (the run may hold {need / 2**30:.1f} GiB at once; "
+          f"{avail / 2**30:.1f} GiB available)", flush=True)
+    workers = [ray.remote(ZeroWorker).options(num_cpus=0).remote(i) for i in range(max(a.workers))]
+    procs = {"raylet": [raylet_pid()], "driver": [os.getpid()]}
+    rates: dict = defaultdict(list)  # (path, model, S, K) -> updates/s, one per round
+    phases: dict = defaultdict(list)  # (path, model, S, K) -> (pull, land, push) s per update
+    cpu: dict = defaultdict(list)  # (path, model, S, K) -> {process group: CPU s per update}
+    checks = []  # (cell, updates, [pushes each shard counted])
+    for model in a.models:
+        layout = layouts[model]
+        grad = ray.put(np.full(layout.num_params, GRAD, np.float32))
+        prepared = [w.prepare.remote(grad, layout.num_buffers) for w in workers]
+        init = np.full(layout.num_params, 0.01, np.float32)  # (P,) the initial weights
+        for S in a.shards:
+            specs = layout.shards(S)
+            conc = max_k + 4  # a thread per worker, as make_shards gives a run's shards
+            shards = [ray.remote(ParameterServerShard).options(num_cpus=0, max_concurrency=conc).remote(
+                s.index, init[s.params[0]:s.params[1]], np.ones(s.num_buffers, np.float32),
+                **shard_options()) for s in specs]
+            sinks = [ray.remote(Sink).options(num_cpus=0, max_concurrency=conc).remote(
+                s.num_params + s.num_buffers) for s in specs]
+            cells = [(OURS, k) for k in a.workers] + [(STORE, k) for k in a.workers]
+            docs = []
+            if S == min(a.shards) and model == a.models[0]:  # (b): one server, the first model
+                spec = "resnet50" if not a.smoke else layout.num_params
+                docs = [ray_docs_ps.ParameterServer.remote(1e-2, spec)] + \
+                    [ray_docs_ps.DataWorker.remote(spec) for _ in range(max(a.docs_workers))]
+                cells += [(DOCS, k) for k in a.docs_workers]
+            ray.get(prepared)  # (the actors above started meanwhile)
+            procs.setdefault("workers", [pid_of(w) for w in workers])
+            servers = {OURS: [pid_of(h) for h in shards], STORE: [pid_of(h) for h in sinks],
+                       DOCS: [pid_of(h) for h in docs[:1]]}
+            docs_pids = [pid_of(h) for h in docs[1:]]
+            # Warm-up, not counted: the shards' first updates fault in their state, the workers'
+            # first pulls and pushes their pages of the object store.
+            for path in (OURS, STORE):
+                run_cell(path, shards if path == OURS else sinks, specs, workers[:max(a.workers)],
+                         argparse.Namespace(seconds=0.0, min_updates=1), [], [])
+            if docs:
+                ray_docs_ps.run_async(docs[0], docs[1:], 0.0, len(docs) - 1)
+            for r in range(a.rounds):
+                for path, K in cells[r % len(cells):] + cells[:r % len(cells)]:  # rotating order
+                    key = (path, model, S, K)
+                    groups = {"workers": docs_pids[:K] if path == DOCS else procs["workers"][:K],
+                              "server": servers[path], "raylet": procs["raylet"],
+                              "driver": procs["driver"]}
+                    before = {g: cpu_seconds(p) for g, p in groups.items()}
+                    if path == DOCS:
+                        updates, counted = run_docs(docs, K, a, rates[key])
+                    else:
+                        updates, counted = run_cell(path, shards if path == OURS else sinks, specs,
+                                                    workers[:K], a, rates[key], phases[key])
+                    cpu[key].append({g: (cpu_seconds(p) - before[g]) / updates
+                                     for g, p in groups.items()})
+                    if path == OURS:
+                        checks.append((key, updates, counted))
+                    where = f"{model} S={S} K={K}" if path != DOCS else f"{model} K={K}"
+                    print(f"round {r + 1}  {path:16} {where}: {rates[key][-1]:.2f} updates/s "
+                          f"({updates} updates; shard pushes "
+                          f"{', '.join(map(str, counted)) if counted else '-'})", flush=True)
+            for h in shards + sinks + docs:
+                ray.kill(h)
+    ray.shutdown()
+    text = report(a, layouts, model_bytes, rates, phases, cpu, checks, store, need, avail,
+                  (load, os.getloadavg()))
+    print(text)
+    if not a.no_write:
+        write_section(SECTION, text)
+
+
+def median(xs: list[float]) -> float:
+    xs = [x for x in xs if x == x]  # NaN: a cell whose span was empty
+    return statistics.median(xs) if xs else float("nan")
+
+
+def report(a, layouts, model_bytes, rates, phases, cpu, checks, store, need, avail, loads) -> str:
+    K4 = 4 if 4 in a.docs_workers else max(a.docs_workers)
+    lines = [f"Machine: {machine()}, ray {__import__('ray').__version__}, {time.strftime('%Y-%m-%d')}; "
+             f"load average (1 min) {loads[0][0]:.2f} before, {loads[1][0]:.2f} after. "
+             f"{a.seconds:g} s per cell (at least {a.min_updates} updates per worker), "
+             f"{a.rounds} rounds in rotating order, medians over rounds. Object store "
+             f"{store / 2**30:.1f} GiB for at most {need / 2**30:.1f} GiB in use at once"
+             f"{' (bounded to 40% of the memory available: Ray spills the rest to disk)' if store < need else ''}; "
+             f"{avail / 2**30:.1f} GiB were available.", "",
+             "    python benchmarks/bench_server_capacity.py" + ("" if a.seconds == 3 and a.rounds == 3
+                                                              else f" --seconds {a.seconds:g} --rounds {a.rounds}"), "",
+             "An update = one worker's gradient pushed to every shard (and applied) plus one pull of every "
+             "shard's weights; MB/s counts both directions (2 x the model's float32 bytes per update).", "",
+             "| model | S | K | ps-trainer, updates/s | MB/s | (a) object store, updates/s | MB/s | ps-trainer / (a) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    ratios = {}
+    for model in a.models:
+        mb = 2 * model_bytes[model] / 1e6
+        for S in a.shards:
+            for K in a.workers:
+                ours, store_ = rates[(OURS, model, S, K)], rates[(STORE, model, S, K)]
+                per_round = [x / y for x, y in zip(ours, store_)]
+                ratios[(model, S, K)] = median(per_round)
+                lines.append(f"| {model} | {S} | {K} | {median(ours):.2f} | {mb * median(ours):.0f} | "
+                             f"{median(store_):.2f} | {mb * median(store_):.0f} | "
+                             f"{100 * ratios[(model, S, K)]:.0f}% |")
+    docs_model = a.models[0]
+    S1 = min(a.shards)
+    mb = 2 * model_bytes[docs_model] / 1e6
+    lines += ["", f"(b) the Ray docs' parameter server ({docs_model}, one server), against ps-trainer "
+                  f"in the same run:", "",
+              "| K | (b) Ray docs, updates/s | MB/s | ps-trainer S=1 | x (b) | ps-trainer, best S | x (b) |",
+              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    vs_docs = {}
+    for K in a.docs_workers:
+        d = median(rates[(DOCS, docs_model, S1, K)])
+        ours1 = median(rates[(OURS, docs_model, S1, K)]) if K in a.workers else float("nan")
+        best_s = max(a.shards, key=lambda s: median(rates[(OURS, docs_model, s, K)]) if K in a.workers else 0)
+        best = median(rates[(OURS, docs_model, best_s, K)]) if K in a.workers else float("nan")
+        vs_docs[K] = (ours1 / d, best / d)
+        lines.append(f"| {K} | {d:.2f} | {mb * d:.0f} | {ours1:.2f} | {ours1 / d:.1f}x | "
+                     f"{best:.2f} (S={best_s}) | {best / d:.1f}x |")
+    low = min(ratios.values())
+    met75 = sum(r >= 0.75 for r in ratios.values())
+    lines += ["", f"- **ps-trainer against (b) at K={K4}: {vs_docs[K4][0]:.1f}x with one shard, "
+                  f"{vs_docs[K4][1]:.1f}x with the best S** (target: at least 5x): "
+                  f"{'met' if max(vs_docs[K4]) >= 5 else 'missed'}.",
+              f"- **ps-trainer against (a): {100 * median(list(ratios.values())):.0f}% at the median cell, "
+              f"{100 * low:.0f}% at the lowest** (target: at least 75%): met in {met75} of "
+              f"{len(ratios)} cells.",
+              f"- Accounting: in every cell each shard counted exactly the pushes the workers made "
+              f"({sum(u for _, u, _ in checks)} updates in all), every one applied."]
+    lines += reading(a, rates, cpu, docs_model, S1, K4)
+    lines += ["", copies_table(), "", where_time_goes(a, phases, cpu)]
+    return "\n".join(lines)
+
+
+def reading(a, rates, cpu, model, S1, K4) -> list[str]:
+    """What the CPU accounting says about the two targets, in this run's numbers."""
+    def cost(path, S, K):  # (CPU ms per update, cores the path kept busy)
+        c = cpu.get((path, model, S, K))
+        if not c:
+            return float("nan"), float("nan")
+        ms = sum(1e3 * median([x[g] for x in c]) for g in c[0])
+        return ms, ms * median(rates[(path, model, S, K)]) / 1e3
+
+    if K4 not in a.workers:
+        return []
+    ours, store_, docs = cost(OURS, S1, K4), cost(STORE, S1, K4), cost(DOCS, S1, K4)
+    return ["", f"Reading it ({model}, S={S1}, K={K4}; CPU from the table below): an update costs "
+                f"ps-trainer {ours[0]:.0f} CPU ms, (a) {store_[0]:.0f} and (b) {docs[0]:.0f}. Per update "
+                f"the shard does all of (a)'s work plus a read of the gradient (the finiteness check), "
+                f"Nesterov with weight decay and the Polyak lerp, and the snapshot's copy: on cores "
+                f"that are all busy, ps-trainer / (a) cannot pass {100 * store_[0] / ours[0]:.0f}% "
+                f"here. Against (b), ps-trainer spends {docs[0] / ours[0]:.1f}x less CPU per update, "
+                f"yet kept only {ours[1]:.2f} cores busy where (b) kept {docs[1]:.2f}. That fits the "
+                f"code: at S={S1}, every push's validation and update and every snapshot's "
+                f"copy run one at a time under its shard's lock, while (b)'s cost is spread over "
+                f"its workers' deserialization and its server."]
+
+
+def copies_table() -> str:
+    """Memory copies of the model's bytes one update costs (counted from the code: ps_trainer,
+    Ray 2.60's serializer, torch 2.13's tensor pickling). Not counted, on every path alike: a
+    training worker's copy of its gradient into a send buffer."""
+    return "\n".join([
+        "Copies of the model's bytes per update (read from the code; passes that compute are listed apart):", "",
+        "| path | gradient, worker -> server | weights, server -> worker | copies | other passes |",
+        "| --- | --- | --- | ---: | --- |",
+        "| ps-trainer | 1: Ray puts the argument into the store; the shard reads it there | "
+        "3: the snapshot `[weights \\| BN]` (assembled under the lock, in a buffer kept for the "
+        "next one), its `ray.put`, the worker's landing copy (`ray.get` is zero-copy) | 4 | validation (one read), Nesterov + "
+        "weight decay and the Polyak lerp (blocked, 2.6x a memcpy in all) |",
+        "| (a) object store | 1: the same put | 2: the sink's `ray.put`, the landing copy | 3 | none |",
+        "| (b) Ray docs | 3: the worker's returned list put into the store, `np.stack`, "
+        "`.sum(axis=0)` | 6: a tensor pickles as `torch.save` into a BytesIO, the pickled bytes "
+        "are copied into Ray's in-band buffer and that into the store; the worker unpickles them "
+        "into bytes, `torch.load`s those into new tensors, and `load_state_dict` copies them into "
+        "the model | 9 | SGD step; per-tensor Python work for 161 parameters and 320 state_dict "
+        "entries |"])
+
+
+def where_time_goes(a, phases, cpu) -> str:
+    """CPU milliseconds per update in each group of processes (medians over rounds), and the
+    phases of one worker's update in wall time (K=1)."""
+    model = a.models[0]
+    rows = [f"Where the time goes ({model}): CPU ms per update (user + system, all threads; medians "
+            f"over rounds) in the workers, the servers (shards, sinks, or the docs' server), the "
+            f"raylet (it holds the object store) and the driver. On {os.cpu_count()} cores a "
+            f"path can at best reach {os.cpu_count()} x 1000 / total updates/s.", "",
+            "| path | S | K | workers | servers | raylet | driver | total | updates/s at that CPU cost |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    keys = [(p, model, s, k) for p in (OURS, STORE) for s in a.shards for k in a.workers]
+    keys += [(DOCS, model, min(a.shards), k) for k in a.docs_workers]
+    for key in keys:
+        if not cpu.get(key):
+            continue
+        ms = {g: 1e3 * median([c[g] for c in cpu[key]]) for g in cpu[key][0]}
+        total = sum(ms.values())
+        rows.append(f"| {key[0]} | {key[2] if key[0] != DOCS else 1} | {key[3]} | "
+                    f"{ms['workers']:.0f} | {ms['server']:.0f} | {ms['raylet']:.0f} | "
+                    f"{ms['driver']:.0f} | {total:.0f} | {os.cpu_count() * 1000 / total:.1f} |")
+    rows += ["", "One worker's update in wall time (K=1, median ms; pull = the calls, the server's "
+                 "snapshot and put, and the `ray.get`; land = the landing copy; push = the "
+                 "gradient's put, the server's work and the reply):", "",
+             "| path | S | pull, ms | land, ms | push + result, ms | update, ms |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for path in (OURS, STORE):
+        for s in a.shards:
+            ph = phases.get((path, model, s, min(a.workers)))
+            if not ph:
+                continue
+            p, l_, q = (1e3 * float(np.median([x[i] for x in ph])) for i in range(3))
+            rows.append(f"| {path} | {s} | {p:.0f} | {l_:.0f} | {q:.0f} | {p + l_ + q:.0f} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()

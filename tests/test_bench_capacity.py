@@ -1,0 +1,63 @@
+"""The server-capacity and pull-path benchmarks (issue 15, items 1 and 2) in their smoke modes,
+as subprocesses on a real local Ray: every cell measured something, the shards counted exactly
+the pushes the workers made, the Ray docs' baseline ran, the tables add up."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def run(script: str, timeout: float = 180) -> str:
+    p = subprocess.run([sys.executable, str(BENCH / script), "--smoke"], capture_output=True,
+                       text=True, timeout=timeout, env=ENV, cwd=BENCH.parent)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p.stdout
+
+
+CELL = re.compile(r"^round (\d+)  (ps-trainer|\(a\) object store|\(b\) Ray docs PS)\s+(\S+)"
+                  r"(?: S=(\d+))? K=(\d+): ([\d.]+) updates/s \((\d+) updates; shard pushes ([\d, -]+)\)$",
+                  re.M)
+
+
+def test_server_capacity_smoke_counts_every_update_on_every_path():
+    out = run("bench_server_capacity.py")
+    cells = CELL.findall(out)
+    paths = {c[1] for c in cells}
+    assert paths == {"ps-trainer", "(a) object store", "(b) Ray docs PS"}, out
+    for _, path, _, S, K, rate, updates, pushes in cells:
+        assert float(rate) > 0 and int(updates) >= 2 * int(K), (path, S, K)  # --min-updates 2
+        if path == "ps-trainer":  # each shard counted exactly the workers' updates
+            assert [int(x) for x in pushes.split(", ")] == [int(updates)] * int(S), (S, K, pushes)
+    ours = sum(int(c[6]) for c in cells if c[1] == "ps-trainer")
+    assert f"({ours} updates in all), every one applied" in out
+    # the table: MB/s is updates/s x 2 x the model's bytes, the ratio is ours / (a)
+    rows = re.findall(r"^\| resnet50 \| (\d+) \| (\d+) \| ([\d.]+) \| (\d+) \| ([\d.]+) \| (\d+) \| (\d+)% \|$",
+                      out, re.M)
+    assert len(rows) == 2, out  # smoke: S=2, K=1 and 2
+    for S, K, ours_rate, ours_mb, base_rate, base_mb, pct in rows:
+        assert float(ours_rate) > 0 and float(base_rate) > 0
+        assert abs(int(ours_mb) / float(ours_rate) - int(base_mb) / float(base_rate)) < 2
+        assert abs(int(pct) - 100 * float(ours_rate) / float(base_rate)) <= 1
+    docs = re.search(r"^\| 2 \| ([\d.]+) \| \d+ \| ([\d.]+) \| ([\d.]+)x \|", out, re.M)
+    assert docs and float(docs.group(1)) > 0, out
+    assert abs(float(docs.group(3)) - float(docs.group(2)) / float(docs.group(1))) < 0.06
+    assert re.search(r"\*\*ps-trainer against \(b\) at K=2: [\d.]+x", out)
+    assert "| (b) Ray docs | 3: " in out and "| 9 |" in out  # the copy counts
+
+
+def test_pull_path_smoke_times_the_worker_against_get_plus_memcpy():
+    out = run("bench_pull_path.py")
+    rows = re.findall(r"^\| (\d) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)x \| "
+                      r"([\d.]+)x \(([\d.]+)-([\d.]+)x\) \| (\d+) \|$", out, re.M)
+    assert [r[0] for r in rows] == ["1", "2"], out
+    for _, ours, client, base, ratio, q2, q1, q3, mbs in rows:
+        assert float(ours) > 0 and 0 < float(client) and float(base) > 0 and int(mbs) > 0
+        o, b = float(ours), float(base)  # ms rounded to 0.1: the ratio lies within their bounds
+        assert (o - 0.05) / (b + 0.05) - 0.01 <= float(ratio) <= (o + 0.05) / (b - 0.05) + 0.01
+        assert float(q1) <= float(q2) <= float(q3)
+    assert re.search(r"\*\*Worker pull = at most [\d.]+x the baseline\*\*", out)
