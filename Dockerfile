@@ -35,7 +35,7 @@ USER 1000:100
 WORKDIR /home/ray/ps-trainer
 
 # torch first, from the index that matches the base, so that installing the project (which
-# asks for torch>=2.4) keeps it; Ray is the base's.
+# asks for torch>=2.11,<2.15) keeps it; Ray is the base's.
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 
 COPY --chown=1000:100 pyproject.toml README.md ./

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create a virtual environment and install ps-trainer into it: torch first, from the index that
-# matches the machine, then the project (whose `torch>=2.4` the installed torch then satisfies).
+# matches the machine, then the project (whose `torch>=2.11,<2.15` the installed torch then satisfies).
 #   bash scripts/setup.sh [VENV=.venv] [PYTHON=python3]
 #
 # Which torch build (torch==$TORCH_VERSION, 2.13.0 unless set):

@@ -13,15 +13,53 @@ Why the kernel looks like this: the update runs on the parameter server's hot pa
 millions of floats. torch's fused SGD kernel does the whole rule in one pass; running it (and the
 Polyak average, which reads the weights just written) over cache-sized blocks keeps those weights
 in cache between the two. A fresh temporary of the shard's size would cost page faults.
+
+Two kernels compute the rule (`NesterovMomentum.kernel`):
+- "fused": `torch._fused_sgd_`, one pass. It is a *private* torch operator that may change in any
+  release: pyproject.toml pins torch to the versions it was tested with, and `fused_sgd_works()`
+  checks, once per process, that the installed torch has it, takes our arguments and computes
+  the rule above.
+- "inplace": torch.optim.SGD's own single-tensor rule, op for op, with public in-place ops on a
+  scratch block (four passes over the block, in cache). Bit for bit what torch.optim.SGD(foreach=
+  False) computes; about 1.3x the fused kernel's time (benchmarks/bench_shard_update.py).
+"auto" (the default) is "fused" where `fused_sgd_works()`, else "inplace".
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
 BLOCK = 1 << 20  # elements (4 MiB): measured fastest on the 2-core dev VMs, see benchmarks/
+KERNELS = ("auto", "fused", "inplace")
+
+
+@functools.cache
+def fused_sgd_works() -> bool:
+    """Does this torch's private `_fused_sgd_` exist, take the arguments `step` passes and compute
+    the rule (Nesterov and plain SGD) on a few numbers? Any failure means: use the fallback."""
+    fused = getattr(torch, "_fused_sgd_", None)
+    if fused is None:
+        return False
+    wd, m, lr = 0.1, 0.9, 0.5
+    w0 = torch.tensor([1.0, -2.0, 0.25, 3.0])
+    buf0 = torch.tensor([0.5, 0.0, -1.0, 2.0])
+    g = torch.tensor([0.125, -0.5, 2.0, 0.0])
+    d = g + wd * w0
+    buf1 = m * buf0 + d
+    try:
+        w, buf = w0.clone(), buf0.clone()
+        fused([w], [g], [buf], weight_decay=wd, momentum=m, lr=lr, dampening=0.0, nesterov=True,
+              maximize=False, is_first_step=False)
+        plain = w0.clone()
+        fused([plain], [g], [], weight_decay=wd, momentum=0.0, lr=lr, dampening=0.0,
+              nesterov=False, maximize=False, is_first_step=False)
+    except (TypeError, RuntimeError, NotImplementedError, ValueError):
+        return False  # gone, renamed arguments, or no CPU kernel in this build
+    return (torch.allclose(buf, buf1) and torch.allclose(w, w0 - lr * (d + m * buf1))
+            and torch.allclose(plain, w0 - lr * d))
 
 
 @dataclass(frozen=True)
@@ -29,27 +67,56 @@ class NesterovMomentum:
     momentum: float = 0.9
     weight_decay: float = 0.0
     nesterov: bool = True
+    kernel: str = "auto"  # "fused" | "inplace" | "auto" (fused where it works): see the module doc
 
     def __post_init__(self):
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"--momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"unknown SGD kernel {self.kernel!r}; choose one of: {', '.join(KERNELS)}")
+        if self.kernel == "fused" and not fused_sgd_works():
+            raise ValueError(f"kernel='fused' needs torch._fused_sgd_ as torch 2.11-2.14 have it; "
+                             f"torch {torch.__version__} does not: use kernel='auto' or 'inplace'")
         if self.nesterov and self.momentum == 0.0:
             # torch refuses nesterov without momentum; plain SGD is the same rule here.
             object.__setattr__(self, "nesterov", False)
 
-    def step(self, w: torch.Tensor, buf: torch.Tensor, g: torch.Tensor, lr: float) -> None:
-        """One in-place update of `w` and `buf` (flat float32) by gradient `g` (read only)."""
-        # Without momentum the kernel takes no buffer (it refuses one): plain SGD, buf stays 0.
-        bufs = [buf] if self.momentum else []
-        torch._fused_sgd_([w], [g], bufs, weight_decay=self.weight_decay, momentum=self.momentum,
-                          lr=lr, dampening=0.0, nesterov=self.nesterov, maximize=False,
-                          is_first_step=False)
+    @property
+    def fused(self) -> bool:
+        """Does `step` run torch's fused kernel (else the in-place fallback)?"""
+        return self.kernel == "fused" or (self.kernel == "auto" and fused_sgd_works())
+
+    def step(self, w: torch.Tensor, buf: torch.Tensor, g: torch.Tensor, lr: float,
+             scratch: torch.Tensor | None = None) -> None:
+        """One in-place update of `w` and `buf` (flat float32) by gradient `g` (read only).
+        `scratch`: a tensor of g's size the fallback may overwrite (else it allocates one)."""
+        if self.fused:
+            # Without momentum the kernel takes no buffer (it refuses one): plain SGD, buf stays 0.
+            bufs = [buf] if self.momentum else []
+            torch._fused_sgd_([w], [g], bufs, weight_decay=self.weight_decay,
+                              momentum=self.momentum, lr=lr, dampening=0.0,
+                              nesterov=self.nesterov, maximize=False, is_first_step=False)
+            return
+        # torch.optim.SGD's _single_tensor_sgd, op for op (so bit for bit), the temporaries it
+        # allocates written into `scratch`. buf starts at zero, so buf = m * 0 + d = d exactly
+        # where torch clones d on its first step.
+        d = g
+        if self.weight_decay:
+            d = torch.add(g, w, alpha=self.weight_decay, out=_scratch(scratch, g))
+        if self.momentum:
+            buf.mul_(self.momentum).add_(d)
+            if self.nesterov:
+                if d is g:  # no weight decay: d is still the caller's gradient
+                    d = torch.add(g, buf, alpha=self.momentum, out=_scratch(scratch, g))
+                else:
+                    d.add_(buf, alpha=self.momentum)
+            else:
+                d = buf
+        w.add_(d, alpha=-lr)
 
 
-def blocks(*tensors: torch.Tensor, size: int = BLOCK):
-    """Yield aligned views of equal-length flat tensors, `size` elements at a time."""
-    n = tensors[0].numel()
-    for start in range(0, n, size):
-        yield tuple(t[start:start + size] for t in tensors)
+def _scratch(scratch: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(like) if scratch is None else scratch[:like.numel()]
+

@@ -166,16 +166,33 @@ class DelayCompensated(Policy):
     keeps_reads = True
     mean_square: torch.Tensor | None = field(default=None, repr=False)
 
-    def compensate(self, g: torch.Tensor, w_now: torch.Tensor, w_read: torch.Tensor) -> torch.Tensor:
+    def running_mean_square(self, n: int) -> torch.Tensor | None:
+        """The running mean square of g, (n,), made at the first push (adaptive), else None."""
+        if self.adaptive and self.mean_square is None:
+            self.mean_square = torch.zeros(n)
+        return self.mean_square
+
+    def compensate(self, g: torch.Tensor, w_now: torch.Tensor, w_read: torch.Tensor,
+                   out: torch.Tensor, tmp: torch.Tensor,
+                   mean_square: torch.Tensor | None = None) -> torch.Tensor:
+        """`out` = g + lambda * g * g * (w_now - w_read) for one block of the shard, and the
+        block's `mean_square` (its view of `running_mean_square`) moved on, in place.
+
+        The shard calls this block by block, just before the block's update, so g and w are read
+        once, in cache, and nothing the size of the shard is allocated (the formula written as
+        tensor expressions allocates five such temporaries). `out` and `tmp` are scratch of g's
+        size. The operations are those of the formula, in its order, so the numbers are
+        the same bit for bit (tests/test_bench_update_scaling.py checks it)."""
         if self.adaptive:
-            if self.mean_square is None:
-                self.mean_square = torch.zeros_like(g)
             m = self.mean_square_decay
-            self.mean_square.mul_(m).addcmul_(g, g, value=1 - m)
-            lam = self.lam / (self.mean_square.sqrt() + self.eps)
+            mean_square.mul_(m).addcmul_(g, g, value=1 - m)
+            # lambda / (sqrt(ms) + eps), as torch computes `float / tensor`: reciprocal, then times
+            torch.sqrt(mean_square, out=out).add_(self.eps).reciprocal_().mul_(self.lam)
+            out.mul_(g)
         else:
-            lam = self.lam
-        return g + lam * g * g * (w_now - w_read)
+            torch.mul(g, self.lam, out=out)
+        out.mul_(g).mul_(torch.sub(w_now, w_read, out=tmp))
+        return torch.add(g, out, out=out)
 
     def state_dict(self) -> dict:
         return {"mean_square": None if self.mean_square is None else self.mean_square.numpy().copy()}

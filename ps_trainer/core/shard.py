@@ -31,7 +31,7 @@ import warnings
 import numpy as np
 import torch
 
-from .optim import BLOCK, NesterovMomentum, blocks
+from .optim import BLOCK, NesterovMomentum
 from .policy import AGGREGATED, APPLIED, COMPENSATED, REJECTED, Async, Decision
 from .polyak import PolyakAverage
 from .schedule import LRSchedule
@@ -110,6 +110,7 @@ class ShardState:
         # torch views over the numpy storage: the kernels write the numpy arrays in place.
         self._w, self._buf = torch.from_numpy(self.params), torch.from_numpy(self.momentum)
         self._avg = torch.from_numpy(self.average) if self.average is not None else None
+        self._blocks: torch.Tensor | None = None  # (2, block) scratch of `_apply`, made when first needed
 
     # ---- pull ------------------------------------------------------------------------------------
     def pull(self) -> tuple[np.ndarray, np.ndarray, int]:
@@ -266,17 +267,19 @@ class ShardState:
                     self._step_aggregate()
                     result = dataclasses.replace(result, version=self.version)
                 return result
+            w_read = None
             if self.policy.keeps_reads:
                 w_read = self._reads.get(version_read)
                 if w_read is None:  # e.g. after a restart: nothing to compensate against
                     decision = Decision(APPLIED, decision.lr_scale, "no w_read kept")
                 else:
-                    g = self.policy.compensate(g, self._w, torch.from_numpy(w_read))
+                    w_read = torch.from_numpy(w_read)
                     decision = Decision(COMPENSATED, decision.lr_scale)
                 # A worker's pushes carry non-decreasing versions; keep one push of slack, for a
-                # threaded server that runs two of its pushes out of order.
+                # threaded server that runs two of its pushes out of order. (`w_read` holds its
+                # snapshot, whatever is let go here.)
                 self._forget_reads(worker, min(previous, version_read))
-            self._apply(g, lr)
+            self._apply(g, lr, w_read)
             return self._record(worker, decision, version_read, staleness, lr)
 
     def reject(self, worker: int, reason: str) -> PushResult:
@@ -294,16 +297,31 @@ class ShardState:
             self._agg_count = 0
             self.contributors.clear()
 
-    def _apply(self, g: torch.Tensor, lr: float) -> None:
+    def _apply(self, g: torch.Tensor, lr: float, w_read: torch.Tensor | None = None) -> None:
+        """One optimizer step by `g`; with `w_read` (DC-ASGD), g is first compensated against the
+        weights it was computed on. Block by block: the compensation, the SGD kernel and the
+        Polyak lerp each find the block's g and w in cache where the one before left them."""
         self.version += 1
         weight = self.averager.weight(self.version) if self.averager else 0.0
-        # Block by block, so the Polyak lerp reads weights the SGD kernel just left in cache.
-        if self._avg is None:
-            self.optimizer.step(self._w, self._buf, g, lr)
-            return
-        for w, buf, gb, avg in blocks(self._w, self._buf, g, self._avg, size=self.block):
-            self.optimizer.step(w, buf, gb, lr)
-            avg.lerp_(w, weight)
+        n = self._w.shape[0]
+        mean_square = self.policy.running_mean_square(n) if w_read is not None else None
+        out, tmp = self._scratch()
+        for start in range(0, n, self.block):
+            end = min(start + self.block, n)
+            w, gb = self._w[start:end], g[start:end]
+            if w_read is not None:
+                gb = self.policy.compensate(gb, w, w_read[start:end], out[:end - start],
+                                            tmp[:end - start],
+                                            None if mean_square is None else mean_square[start:end])
+            self.optimizer.step(w, self._buf[start:end], gb, lr, scratch=tmp)
+            if self._avg is not None:
+                self._avg[start:end].lerp_(w, weight)
+
+    def _scratch(self) -> torch.Tensor:  # (2, block)
+        """Two blocks of scratch (the compensated gradient; the kernel's temporary), made once."""
+        if self._blocks is None:
+            self._blocks = torch.empty(2, min(self.block, max(1, self._w.shape[0])))
+        return self._blocks
 
     def _record(self, worker: int, decision: Decision, version_read: int, staleness: int,
                 lr: float) -> PushResult:

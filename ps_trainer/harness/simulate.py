@@ -22,7 +22,8 @@ with the same weights and the same metrics tables as an uninterrupted one.
 
 A worker computes its gradient when its step begins (on the weights it just pulled) and the push
 is applied when the step ends, which is the same thing a real worker does, in a different order
-of real time. It does not model network latency or the shard's own compute time.
+of real time. It does not model network latency or the shard's own compute time; for capacity
+(how many shards keep up with K workers) `harness/scaling.py` gives a push a duration at its shard.
 """
 
 from __future__ import annotations

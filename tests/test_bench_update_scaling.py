@@ -1,0 +1,227 @@
+"""Issue 15, items 5 and 7: the shard's update kernels (torch's private fused SGD and the public-op
+fallback give the same weights; the fallback is chosen when the private one is missing or changed),
+DC-ASGD compensated block by block in place (the same numbers as the formula written as tensor
+expressions), the scaling model against known queueing results, and the smoke runs of
+benchmarks/bench_shard_update.py and benchmarks/bench_scaling.py."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ps_trainer.core import (DelayCompensated, LRSchedule, NesterovMomentum, PolyakAverage,
+                             ShardState, optim)
+from ps_trainer.harness.scaling import (machine_repairman_throughput, shards_needed,
+                                        simulate_scaling, throughput_bound)
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+N = 5000
+
+
+def pushes(k, seed=1, n=N):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(n).astype(np.float32) for _ in range(k)]
+
+
+def shard(kernel="auto", momentum=0.9, wd=1e-3, nesterov=True, policy=None, block=1000):
+    w0 = np.random.default_rng(0).standard_normal(N).astype(np.float32)
+    return ShardState(0, w0, optimizer=NesterovMomentum(momentum, wd, nesterov, kernel=kernel),
+                      schedule=LRSchedule(0.05), averager=PolyakAverage(0.9), policy=policy,
+                      block=block)
+
+
+# ---- the fused kernel and its fallback ---------------------------------------------------------
+@pytest.mark.parametrize("momentum,wd,nesterov", [(0.9, 1e-3, True), (0.9, 0.0, True),
+                                                  (0.9, 1e-3, False), (0.0, 1e-3, False),
+                                                  (0.0, 0.0, False)])
+def test_the_fallback_kernel_gives_the_fused_kernels_weights(momentum, wd, nesterov):
+    if not optim.fused_sgd_works():
+        pytest.skip(f"torch {torch.__version__} has no working _fused_sgd_: nothing to compare")
+    fused, fallback = (shard(k, momentum, wd, nesterov) for k in ("fused", "inplace"))
+    assert fused.optimizer.fused and not fallback.optimizer.fused
+    for g in pushes(12):
+        for s in (fused, fallback):
+            assert s.push(g, max(0, s.version - 1)).outcome == "applied"
+    for a, b in ((fused.params, fallback.params), (fused.momentum, fallback.momentum),
+                 (fused.average, fallback.average)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_the_fallback_is_torch_optim_sgd_op_for_op():
+    s = shard("inplace")
+    p = torch.nn.Parameter(torch.from_numpy(s.params.copy()))
+    ref = torch.optim.SGD([p], lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3, foreach=False)
+    for g in pushes(5):
+        s.push(g, s.version)
+        p.grad = torch.from_numpy(g)
+        ref.step()
+    np.testing.assert_array_equal(s.params, p.detach().numpy())
+
+
+@pytest.fixture
+def fresh_probe():
+    optim.fused_sgd_works.cache_clear()
+    yield
+    optim.fused_sgd_works.cache_clear()
+
+
+def test_auto_falls_back_when_the_private_kernel_is_gone(monkeypatch, fresh_probe):
+    monkeypatch.delattr(torch, "_fused_sgd_", raising=False)
+    assert not optim.fused_sgd_works()
+    assert not NesterovMomentum(0.9, 1e-4).fused
+    with pytest.raises(ValueError, match="kernel='fused' needs torch._fused_sgd_"):
+        NesterovMomentum(0.9, 1e-4, kernel="fused")
+    s = shard()  # "auto": trains with the fallback
+    assert s.push(pushes(1)[0], 0).outcome == "applied" and np.isfinite(s.params).all()
+
+
+def test_auto_falls_back_when_the_private_kernels_signature_changed(monkeypatch, fresh_probe):
+    def renamed(params, grads, bufs, *, weight_decay, momentum, learning_rate, **kw):
+        raise AssertionError("never called with our arguments")
+
+    monkeypatch.setattr(torch, "_fused_sgd_", renamed, raising=False)
+    assert not optim.fused_sgd_works()
+
+    def wrong(params, grads, bufs, **kw):  # takes the arguments, computes something else
+        params[0].zero_()
+
+    monkeypatch.setattr(torch, "_fused_sgd_", wrong)
+    optim.fused_sgd_works.cache_clear()
+    assert not optim.fused_sgd_works() and not NesterovMomentum().fused
+
+
+def test_an_unknown_kernel_is_one_clear_error():
+    with pytest.raises(ValueError, match="unknown SGD kernel 'cuda'; choose one of: auto, fused, inplace"):
+        NesterovMomentum(kernel="cuda")
+
+
+# ---- DC-ASGD in place, block by block ----------------------------------------------------------
+def compensate_as_before(policy, g, w_now, w_read):
+    """The shard's DC-ASGD before item 5: the formula as tensor expressions (five temporaries)."""
+    if policy.adaptive:
+        if policy.mean_square is None:
+            policy.mean_square = torch.zeros_like(g)
+        m = policy.mean_square_decay
+        policy.mean_square.mul_(m).addcmul_(g, g, value=1 - m)
+        lam = policy.lam / (policy.mean_square.sqrt() + policy.eps)
+    else:
+        lam = policy.lam
+    return g + lam * g * g * (w_now - w_read)
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+@pytest.mark.parametrize("kernel", ["auto", "inplace"])
+def test_dc_asgd_in_blocks_equals_the_formula_bit_for_bit(adaptive, kernel):
+    """Stale pushes on one read, then on a later one: the blocked, in-place shard ends where a
+    straightforward whole-array implementation (compensate, SGD step, Polyak lerp) ends."""
+    s = shard(kernel, policy=DelayCompensated(lam=0.5, adaptive=adaptive), block=1000)
+    ref_policy = DelayCompensated(lam=0.5, adaptive=adaptive)
+    opt = NesterovMomentum(0.9, 1e-3, kernel=kernel)
+    w = torch.from_numpy(s.params.copy())
+    buf, avg = torch.zeros(N), w.clone()
+    other, mine = pushes(8, seed=2), pushes(8, seed=3)
+    read, v = s.snapshot(worker=0)
+    kept = {v: torch.from_numpy(read[:N].copy())}
+    for i in range(8):
+        if i == 4:  # worker 0 reads again: its next pushes compensate against the newer read
+            read, v = s.snapshot(worker=0)
+            kept[v] = torch.from_numpy(read[:N].copy())
+        for worker, g, version in ((1, other[i], s.version), (0, mine[i], v)):
+            r = s.push(g, version, worker=worker)
+            gt = torch.from_numpy(g)
+            if r.outcome == "compensated":  # against the weights of the version it carries
+                gt = compensate_as_before(ref_policy, gt, w, kept[version])
+            opt.step(w, buf, gt, r.lr)
+            avg.lerp_(w, s.averager.weight(r.version))
+    assert s.counters["compensated"] >= 8 and sum(s.counters.values()) == 16
+    np.testing.assert_array_equal(s.params, w.numpy())
+    np.testing.assert_array_equal(s.momentum, buf.numpy())
+    np.testing.assert_array_equal(s.average, avg.numpy())
+    if adaptive:
+        np.testing.assert_array_equal(s.policy.mean_square.numpy(), ref_policy.mean_square.numpy())
+
+
+# ---- the scaling model against queueing theory -------------------------------------------------
+@pytest.mark.parametrize("inflight", [0, 2])
+@pytest.mark.parametrize("workers", [1, 4, 10, 12, 40])
+def test_fixed_times_give_min_of_the_workers_rate_and_the_shards(workers, inflight):
+    """K workers, each needing c s of a shard per step of t s: throughput = min(K / t', 1 / c),
+    t' = t + c when a worker waits for its push (inflight 0), else t."""
+    t, c = 0.05, 0.005
+    p = simulate_scaling(workers, 1, t, c, inflight=inflight)
+    assert p.updates_per_s == pytest.approx(throughput_bound(workers, t, c, inflight), rel=0.01)
+    assert p.utilization == pytest.approx(min(1.0, p.updates_per_s * c), rel=0.02)
+    if inflight == 0 and workers * c <= t:  # unsaturated lock-step: the others' K - 1 pushes
+        assert p.staleness_mean == pytest.approx(workers - 1, abs=0.01)
+
+
+@pytest.mark.parametrize("workers", [1, 3, 6, 10, 20])
+def test_exponential_times_give_the_machine_repairman_throughput(workers):
+    """M/M/1//K: exponential step times (mean t) and shard times (mean c), one shard, a worker
+    waiting for its push: X = (1 - p0) / c (Kleinrock vol. 1, sec. 3.10)."""
+    t, c = 0.05, 0.01
+    p = simulate_scaling(workers, 1, t, c, inflight=0, exponential=True, steps=30000, seed=3)
+    assert p.updates_per_s == pytest.approx(machine_repairman_throughput(workers, t, c), rel=0.03)
+
+
+def test_shards_split_the_work_and_shards_needed_finds_the_knee():
+    t, c1 = 0.05, 0.02  # one shard: 50 updates/s; a worker alone wants 20
+    of = lambda s: c1 / s  # noqa: E731  (shard time of P / S parameters)
+    for s in (1, 2, 4):
+        p = simulate_scaling(8, s, t, of(s), jitter=0.1)
+        assert p.updates_per_s == pytest.approx(min(8 / t, s / c1), rel=0.03)
+    # 8 workers want 160 updates/s: 4 shards give 200, 3 give 150 (94%), so 4 for 95%
+    assert shards_needed(8, t, of, efficiency=0.95, jitter=0.1) == 4
+    assert shards_needed(8, t, of, efficiency=0.9, jitter=0.1) == 3
+    assert shards_needed(8, t, lambda s: 1.0, most=4) is None
+
+
+# ---- the benchmarks' smoke runs ----------------------------------------------------------------
+def run(script, *args):
+    p = subprocess.run([sys.executable, str(BENCH / script), "--smoke", *args], capture_output=True,
+                       text=True, timeout=120, cwd=BENCH.parent,
+                       env={"RAY_USAGE_STATS_ENABLED": "0", "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p.stdout
+
+
+def test_shard_update_benchmark_smoke_prints_the_ratios():
+    out = run("bench_shard_update.py")
+    rows = {name: (float(cpu), float(ratio), float(wall))
+            for name, cpu, ratio, wall in re.findall(
+                r"^\| ([^|]+?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| [\d.]+ \|$", out, re.M)}
+    for name in ("memcpy (torch copy_)", "ShardState.push (validate + SGD + Polyak, blocked)",
+                 "ShardState.push, in-place fallback kernel",
+                 "ShardState.push, DC-ASGD-a (compensate + SGD + Polyak, blocked)"):
+        assert rows[name][0] > 0 and rows[name][2] > 0, name
+    assert rows["memcpy (torch copy_)"][1] == 1.0
+    push = re.search(r"\*\*Shard push = ([\d.]+)x memcpy\*\* \(CPU time; target: at most 2\.5x: "
+                     r"(met|missed)", out)
+    dc = re.search(r"\*\*DC-ASGD push = ([\d.]+)x the plain push\*\* \(CPU time; target: at most "
+                   r"2x: (met|missed)", out)
+    assert push and dc, out
+    assert (push[2] == "met") == (float(push[1]) <= 2.5) and (dc[2] == "met") == (float(dc[1]) <= 2.0)
+    plain = rows["ShardState.push (validate + SGD + Polyak, blocked)"]
+    assert float(push[1]) == pytest.approx(plain[1], abs=0.011)
+
+
+def test_scaling_benchmark_smoke_prints_the_curve_and_the_shards_needed(tmp_path):
+    figure = tmp_path / "scaling.png"
+    out = run("bench_scaling.py", "--plot", str(figure))
+    assert figure.stat().st_size > 1000
+    costs = re.findall(r"^\| (\d+) \| [\d,]+ \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| (\d+) \|$", out, re.M)
+    assert [int(s) for s, *_ in costs][:2] == [1, 4]
+    for _, push, copy, shard_time, saturates in costs:
+        assert float(shard_time) == pytest.approx(float(push) + 2 * float(copy), abs=0.011)
+        st = float(shard_time)  # printed to 0.01 ms
+        assert 1e3 / (st + 0.005) - 1 <= int(saturates) <= 1e3 / (st - 0.005) + 1
+    curve = re.findall(r"^\| (\d+) \| (\d+) \| (\d+) \((\d+)%\) \| (\d+) \((\d+)%\) \|$", out, re.M)
+    assert [int(k) for k, *_ in curve] == [1, 4, 16]
+    for k, ideal, x1, e1, x4, e4 in curve:  # updates/s never above the workers' own rate
+        assert 0 < int(x1) <= int(ideal) * 1.02 and 0 < int(x4) <= int(ideal) * 1.02
+    needed = dict(re.findall(r"\*\*(16|64) GPUs: (\d+) shards\*\*", out))
+    assert set(needed) == {"16", "64"} and 1 <= int(needed["16"]) <= int(needed["64"])
