@@ -56,8 +56,8 @@ as the finite check (within 4% of `aminmax`); validating in reverse block order 
 blocks are still in L3 (no gain); blocks of 64K-2M elements (1M best, by 3% over 512K); the
 shard's arrays on 2 MiB pages (1.5-2% faster, not worth the code). The update reads four
 shard-sized arrays and writes three, the check reads one more. Over the runs made while writing
-this (eight of this script, more of scratch scripts) the push took 19.0-21.3 ms and the memcpy
-6.6-10.7 ms (slowest when other sessions loaded the memory bus): 1.9-2.7x, 1.9-2.4x in this
+this (nine of this script, more of scratch scripts) the push took 19.0-22.0 ms and the memcpy
+6.6-10.8 ms (slowest when other sessions loaded the memory bus): 1.9-2.7x, 1.9-2.4x in this
 script's runs. So the 2.5x target is met, but not by a margin that survives every machine state.
 
 DC-ASGD-a compensates block by block into a scratch block with the formula's own operations in
