@@ -200,7 +200,10 @@ class ShardState:
         return np.mean(np.stack(recent), axis=0, dtype=np.float32)
 
     # ---- push ------------------------------------------------------------------------------------
-    def _validate(self, grad, version_read, bn_stats, shard) -> str:
+    def _check(self, grad, bn_stats, shard) -> str:
+        """What is wrong with the push's arrays themselves ("" if nothing). It reads no state that
+        changes, so it runs before the shard's lock: two pushes check their gradients at once,
+        and pulls are not held while a gradient is read."""
         if shard is not None and shard != self.index:
             return f"push for shard {shard} reached shard {self.index}"
         if not isinstance(grad, np.ndarray):
@@ -210,8 +213,6 @@ class ShardState:
                     f"uint16 bits)")
         if grad.ndim != 1 or grad.shape[0] != self.params.shape[0]:
             return f"gradient shape {grad.shape}, expected ({self.params.shape[0]},)"
-        if not isinstance(version_read, (int, np.integer)) or not 0 <= version_read <= self.version:
-            return f"version_read {version_read!r} outside [0, {self.version}]"
         if bn_stats is not None:
             if not isinstance(bn_stats, np.ndarray) or bn_stats.dtype != np.float32 \
                     or bn_stats.shape != self.buffers.shape:
@@ -225,15 +226,22 @@ class ShardState:
             return "gradient contains NaN or Inf"
         return ""
 
+    def _check_version(self, version_read) -> str:
+        """A version this shard has issued (under the lock: the version moves)."""
+        if not isinstance(version_read, (int, np.integer)) or not 0 <= version_read <= self.version:
+            return f"version_read {version_read!r} outside [0, {self.version}]"
+        return ""
+
     def push(self, grad: np.ndarray, version_read: int, worker: int = 0,
              bn_stats: np.ndarray | None = None, shard: int | None = None) -> PushResult:
         """Apply (or reject) one gradient. Never raises on bad input: the outcome says what happened."""
+        if isinstance(grad, np.ndarray) and grad.dtype == BFLOAT16_BITS:
+            grad = from_bfloat16_bits(grad)  # checked and accumulated in float32, as always
+        reason = self._check(grad, bn_stats, shard)
         with self.cond:
             self.clocks[worker] += 1
             self.cond.notify_all()  # a waiting worker may be ready now, whatever happens below
-            if isinstance(grad, np.ndarray) and grad.dtype == BFLOAT16_BITS:
-                grad = from_bfloat16_bits(grad)  # checked and accumulated in float32, as always
-            reason = self._validate(grad, version_read, bn_stats, shard)
+            reason = reason or self._check_version(version_read)
             if reason:
                 return self._record(worker, Decision(REJECTED, 0.0, reason), -1, -1, 0.0)
             version_read = int(version_read)

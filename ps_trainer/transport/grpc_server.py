@@ -42,7 +42,7 @@ from .grpc_wire import (CHUNK_BYTES, RESULT_TRAILER, SERVICE, TOKEN_HEADER,
 
 log = logging.getLogger(__name__)
 
-# Shard rejections that mean the push itself was malformed (core.shard._validate's reasons), as
+# Shard rejections that mean the push itself was malformed (core.shard's _check reasons), as
 # opposed to a policy's verdict on a good push (stale, late, duplicate, recovering).
 _MALFORMED = {"gradient": "non_finite", "BatchNorm": "non_finite", "version_read": "version_read",
               "push": "bad_shard"}
