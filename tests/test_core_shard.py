@@ -258,3 +258,37 @@ def test_bn_statistics_leave_out_workers_that_stopped_pushing_long_ago():
     restored = shard_of()
     restored.load_state_dict(s.state_dict())
     np.testing.assert_array_equal(restored.bn_mean(), [2, 4])  # the versions are checkpointed
+
+
+def test_a_push_checks_its_gradient_before_taking_the_shard_lock():
+    """The finiteness pass reads the whole gradient: while it runs, a pull and another push go
+    through (the lock is not held), and the checked push is then applied as usual."""
+    import threading
+
+    shard = ShardState(0, np.zeros(1000, np.float32), optimizer=NesterovMomentum(0.9),
+                       schedule=LRSchedule(0.1))
+    entered, release = threading.Event(), threading.Event()
+    check = shard._check
+
+    def slow_check(*args):
+        if threading.current_thread().name == "slow":
+            entered.set()
+            assert release.wait(10)
+        return check(*args)
+
+    shard._check = slow_check
+    results = []
+    t = threading.Thread(target=lambda: results.append(shard.push(np.ones(1000, np.float32), 0)),
+                         name="slow")
+    t.start()
+    assert entered.wait(10)
+    arr, version = shard.snapshot()  # would block here if the check held the lock
+    assert version == 0 and not arr.any()
+    other = shard.push(np.ones(1000, np.float32), 0, worker=1)
+    assert other.outcome == "applied" and other.version == 1
+    release.set()
+    t.join(10)
+    assert results[0].outcome == "applied" and results[0].staleness == 1 and shard.version == 2
+    bad = shard.push(np.full(1000, np.nan, np.float32), 2)
+    assert bad.outcome == "rejected" and bad.reason == "gradient contains NaN or Inf"
+    assert shard.version == 2 and shard.counters["rejected"] == 1
