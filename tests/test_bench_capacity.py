@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
 
@@ -24,6 +26,7 @@ CELL = re.compile(r"^round (\d+)  (ps-trainer|\(a\) object store|\(b\) Ray docs 
                   re.M)
 
 
+@pytest.mark.slow  # starts Ray or runs a benchmark: the slow set keeps it from rotting
 def test_server_capacity_smoke_counts_every_update_on_every_path():
     out = run("bench_server_capacity.py")
     cells = CELL.findall(out)
@@ -50,6 +53,7 @@ def test_server_capacity_smoke_counts_every_update_on_every_path():
     assert "| (b) Ray docs | 3: " in out and "| 9 |" in out  # the copy counts
 
 
+@pytest.mark.slow  # starts Ray or runs a benchmark: the slow set keeps it from rotting
 def test_pull_path_smoke_times_the_worker_against_get_plus_memcpy():
     out = run("bench_pull_path.py")
     rows = re.findall(r"^\| (\d) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)x \| "

@@ -40,6 +40,7 @@ def test_an_unknown_item_is_one_clear_line():
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.slow  # starts Ray or runs a benchmark: the slow set keeps it from rotting
 def test_worker_benchmark_smoke_measures_both_loops():
     out = run(str(BENCH / "bench_worker.py"), "--smoke")
     row = re.search(r"^\| digits_cnn \| (\d+) \| (\d+) \| (\d+)% \| (\d+) \| (\d+)% \|$", out, re.M)
@@ -49,6 +50,7 @@ def test_worker_benchmark_smoke_measures_both_loops():
     assert abs(ratio - 100 * ours / plain) <= 1 and abs(pre_ratio - 100 * pre / plain) <= 1
 
 
+@pytest.mark.slow  # starts Ray or runs a benchmark: the slow set keeps it from rotting
 def test_grpc_benchmark_smoke_times_both_transports():
     out = run(str(BENCH / "bench_grpc.py"), "--smoke")
     rows = dict(re.findall(r"^\| (Ray \(object store\)|gRPC \(TCP loopback\)) \| (.*)$", out, re.M))

@@ -37,6 +37,7 @@ def fast_run(tmp_path_factory):
     return out, run.stdout
 
 
+@pytest.mark.slow  # the figures script's fast mode, 20-50 s: in the slow set
 def test_the_figures_script_writes_every_figure_as_a_real_png(fast_run):
     from PIL import Image
 
@@ -53,6 +54,7 @@ def test_the_figures_script_writes_every_figure_as_a_real_png(fast_run):
             assert colors is None or len(colors) > 100, name  # lines, text, fills: many colours
 
 
+@pytest.mark.slow  # the figures script's fast mode, 20-50 s: in the slow set
 def test_the_figures_script_prints_what_the_ideas_say(fast_run):
     _, text = fast_run
     number = r"([-\d.e+]+)"
