@@ -192,7 +192,7 @@ def main() -> None:
     cases = {
         MEMCPY: memcpy,
         "memcpy (numpy copyto)": lambda: np.copyto(dst.numpy(), src.numpy()),
-        "validate only (aminmax)": lambda: shard._validate(grad, 0, None, None),
+        "validate only (aminmax)": lambda: shard._check(grad, None, None),
         "fused Nesterov SGD only": lambda: fused.step(w, buf, g, 0.01),
         "in-place fallback SGD only (blocked)": inplace_blocked,
         "fused SGD + lerp, unblocked": lambda: (fused.step(w, buf, g, 0.01), avg.lerp_(w, 0.001)),
