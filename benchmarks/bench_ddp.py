@@ -530,7 +530,7 @@ def straggler_digits(a, digits: dict, tmp: Path) -> list[str]:
             f"weights {asyn.notes['staleness']:.1f} versions old on average. Time to {t}: async's "
             f"raw weights {_s(asyn.to_target)} s, {ahead(asyn.to_target)} DDP's "
             f"{_s(ddp.to_target)} s (its Polyak average {_s(asyn.polyak_to_target)} s, "
-            f"{ahead(asyn.polyak_to_target)}); sync {_s(sync.to_target)} s. Every worker does "
+            f"{ahead(asyn.polyak_to_target)} DDP); sync {_s(sync.to_target)} s. Every worker does "
             f"the same number of steps (its share of the epochs), so every run ends when the "
             f"straggler has done its own: training time DDP {ddp.training:.1f} s, sync "
             f"{sync.training:.1f} s, async {asyn.training:.1f} s.", ""]
