@@ -259,30 +259,39 @@ def run_ps(settings: dict, policy: str, out: Path, eval_every: float, target: fl
     if rc != 0:
         raise RuntimeError(f"ps-train --policy {policy} exited {rc}: {_tail(out / 'log.txt')}")
     summary = json.loads((run_dir / "summary.json").read_text())
-    pushes = read_table(run_dir / "pushes.parquet").to_pandas()
-    evals = read_table(run_dir / "evals.parquet").to_pandas()
-    steps = pushes.drop_duplicates(["worker", "time"])  # a row per shard: one per step here
-    first = float((steps.time - steps.compute - steps.delay).min())  # the first step's start
+    # numpy only (pandas is not a dependency): a push row per shard, so one step per (worker, time)
+    pushes = {k: np.asarray(v) for k, v in read_table(
+        run_dir / "pushes.parquet", columns=["worker", "time", "compute", "delay"]).to_pydict().items()}
+    evals = {k: np.asarray(v) for k, v in read_table(
+        run_dir / "evals.parquet", columns=["weights", "time", "top1"]).to_pydict().items()}
+    _, keep = np.unique(np.column_stack([pushes["worker"].astype(float), pushes["time"]]), axis=0,
+                        return_index=True)
+    keep.sort()  # first row of each step, in table order
+    worker, time_, compute = pushes["worker"][keep], pushes["time"][keep], pushes["compute"][keep]
+    start = time_ - compute - pushes["delay"][keep]  # each step's start
+    first = float(start.min())  # the first step's start
+    last_push = float(pushes["time"].max())
     run = Run(f"ps-train {policy}")
-    run.startup, run.training = first - t_launch, float(pushes.time.max()) - first
+    run.startup, run.training = first - t_launch, last_push - first
     run.worker_steps, run.updates = summary["steps"], max(summary["versions"])
-    run.compute = 1000 * float(steps.compute.median())
+    run.compute = 1000 * float(np.median(compute))
     run.final, run.polyak = summary["raw"]["top1"], summary["polyak"]["top1"]
-    raw = evals[(evals.weights == "raw") & (evals.time >= first)]
-    hit = raw[raw.top1 >= target]
-    if len(hit):  # the steps pushed by the end of that evaluation (its `step` is the last drain's)
-        t = float(hit.time.iloc[0])
-        run.to_target, run.steps_to_target = t - first, int((steps.time <= t).sum())
-    averaged = evals[(evals.weights == "polyak") & (evals.time >= first) & (evals.top1 >= target)]
-    if len(averaged):
-        run.polyak_to_target = float(averaged.time.iloc[0]) - first
-    starts = (steps.time - steps.compute - steps.delay).groupby(steps.worker).min()
-    run.notes["start_skew"] = float(starts.max() - starts.min())  # s: the last worker's late start
-    run.notes["evaluations"] = int(len(raw))
+    raw = (evals["weights"] == "raw") & (evals["time"] >= first)
+    hit = np.flatnonzero(raw & (evals["top1"] >= target))
+    if hit.size:  # the steps pushed by the end of that evaluation (its `step` is the last drain's)
+        t = float(evals["time"][hit[0]])
+        run.to_target, run.steps_to_target = t - first, int((time_ <= t).sum())
+    averaged = np.flatnonzero((evals["weights"] == "polyak") & (evals["time"] >= first)
+                              & (evals["top1"] >= target))
+    if averaged.size:
+        run.polyak_to_target = float(evals["time"][averaged[0]]) - first
+    starts = [start[worker == w].min() for w in np.unique(worker)]
+    run.notes["start_skew"] = float(max(starts) - min(starts))  # s: the last worker's late start
+    run.notes["evaluations"] = int(raw.sum())
     run.notes["staleness"] = summary["mean_staleness"]
-    last = steps[steps.worker == settings["workers"] - 1]
-    run.notes["last_compute"] = 1000 * float(last.compute.median())  # ms: the straggler's, if any
-    run.cpu = cpu.between(first, float(pushes.time.max()))
+    last = worker == settings["workers"] - 1
+    run.notes["last_compute"] = 1000 * float(np.median(compute[last]))  # ms: the straggler's, if any
+    run.cpu = cpu.between(first, last_push)
     if kill_after is not None:
         run.outcome = "finished before the kill"
         if victim is not None:
