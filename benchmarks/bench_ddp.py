@@ -357,6 +357,7 @@ def synthetic_cifar(path: Path, n_train: int, n_test: int, seed: int = 0, noise:
 
 
 # ---- scenarios -----------------------------------------------------------------------------------
+LOADS: list[float] = []  # the 1-minute load average as each run starts
 SYSTEMS = [("DDP (gloo)", "ddp", {}), ("ps-train sync", "sync", {}),
            ("ps-train async", "async", {})]  # (label, "ddp" or --policy, settings over the run's)
 
@@ -369,6 +370,7 @@ def scenario(name: str, settings: dict, systems: list, tmp: Path, *, eval_steps:
     runs: list[list[Run]] = [[] for _ in systems]
     for r in range(rounds):
         for i, (label, policy, extra) in enumerate(systems):
+            LOADS.append(os.getloadavg()[0])
             out = tmp / f"{name}-{i}-{r}"
             kill = kill_after[label] if kill_after else None
             run = (run_ddp(dict(settings, **extra), out, eval_steps, target, kill)
@@ -647,7 +649,16 @@ def main() -> None:
             lines += kill_digits(a, digits, tmp, per_epoch, meds)
         if "cifar" not in a.skip and a.cifar_rounds:
             lines += cifar(a, common, tmp)
-        lines.append(f"Load average at the end: {os.getloadavg()[0]:.2f}.")
+        LOADS.append(os.getloadavg()[0])
+        lines.append(f"Load average (1 min) as each run started: {min(LOADS):.2f} to "
+                     f"{max(LOADS):.2f}, median {statistics.median(LOADS):.2f}; "
+                     f"{os.getloadavg()[0]:.2f} at the end.")
+        if statistics.median(LOADS) > (os.cpu_count() or 1) + 1:  # the runs alone keep it
+            lines.append(f"**Other processes loaded this machine during the runs** (the runs "
+                         f"alone keep the load near its {os.cpu_count()} cores): every time "
+                         f"above swings with that, and DDP, whose ranks wait for each other at "
+                         f"every step, loses most from a descheduled rank; its ratios are not "
+                         f"those of a quiet machine.")
     finally:
         if a.keep:
             print(f"runs kept in {tmp}")
