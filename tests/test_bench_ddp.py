@@ -36,7 +36,7 @@ def test_smoke_run_trains_ddp_and_both_policies_to_the_stated_accuracy(tmp_path)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = p.stdout
     target = float(re.search(r"\| s to (\d+)% \|", out).group(1)) / 100
-    assert target == 0.9
+    assert target == 0.8
     table = rows(out)
     assert set(table) == {"DDP (gloo)", "ps-train sync", "ps-train async"}, out
     # 2 epochs of the 1,438 training digits, batch 32 per worker, 2 workers: 45 steps each
