@@ -64,13 +64,18 @@ def plain_loop(model_name: str, batch: int, steps: int, threads: int) -> float:
     return steps * batch / (time.perf_counter() - t)
 
 
-def ps_worker(model_name: str, batch: int, steps: int, threads: int, prefetch: bool) -> float:
+MODES = {"separate": dict(prefetch=False, exchange="off"),  # a pull and a push per step
+         "exchange": dict(prefetch=False, exchange="on"),  # one round trip per step (default)
+         "exchange + prefetch": dict(prefetch=True, exchange="on")}
+
+
+def ps_worker(model_name: str, batch: int, steps: int, threads: int, mode: str) -> float:
     import ray
 
     import tempfile
 
     cfg = TrainConfig(model=model_name, workers=1, ps_shards=1, batch_size=batch,
-                      threads_per_worker=threads, progress=False, prefetch=prefetch,
+                      threads_per_worker=threads, progress=False, **MODES[mode],
                       run_dir=tempfile.mkdtemp(prefix="bench-worker-")).validate()
     plan = prepare(cfg)
     x, y = data_for(model_name)
@@ -90,17 +95,17 @@ def ps_worker(model_name: str, batch: int, steps: int, threads: int, prefetch: b
         before = {k: _cpu(pid) for k, pid in pids.items()}
         ray.get(worker.drain.remote())
         out = ray.get(worker.run.remote(steps))
-        CPU_MS[prefetch].append({k: 1000 * (_cpu(pid) - before[k]) / steps
+        CPU_MS[mode].append({k: 1000 * (_cpu(pid) - before[k]) / steps
                                  for k, pid in pids.items()})
         rows, _ = ray.get(worker.drain.remote())
-        CPU_MS[prefetch][-1]["compute"] = 1000 * statistics.median(r["compute"] for r in rows)
+        CPU_MS[mode][-1]["compute"] = 1000 * statistics.median(r["compute"] for r in rows)
         return steps * batch / out["seconds"]
     finally:
         for a in shards + [worker]:
             ray.kill(a)
 
 
-CPU_MS: dict = {False: [], True: []}  # per run: CPU ms per step of each process, median compute
+CPU_MS: dict = {m: [] for m in MODES}  # per mode, per run: CPU ms per step of each process, median compute
 
 
 def _cpu(pid) -> float:
@@ -128,33 +133,35 @@ def main() -> None:
     start_ray(None)
     lines = [f"Machine: {machine()}; {a.threads} torch thread(s) per process; batch {a.batch_size}; "
              f"{a.steps} timed steps per round, {a.rounds} alternating rounds, medians.", "",
-             "| model | plain PyTorch loop, img/s | ps-trainer worker (Ray, 1 shard), img/s | ratio "
-             "| with --prefetch, img/s | ratio |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| model | plain PyTorch loop, img/s | worker, pull + push (--exchange off), img/s "
+             "| ratio | worker, one exchange per step (default), img/s | ratio "
+             "| exchange + --prefetch, img/s | ratio |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     cpu: dict = {}
     for m in a.models:
-        base, ours, pre = [], [], []
+        base, ours = [], {mode: [] for mode in MODES}
         for _ in range(a.rounds):
             base.append(plain_loop(m, a.batch_size, a.steps, a.threads))
-            ours.append(ps_worker(m, a.batch_size, a.steps, a.threads, prefetch=False))
-            pre.append(ps_worker(m, a.batch_size, a.steps, a.threads, prefetch=True))
-        b, o, p = statistics.median(base), statistics.median(ours), statistics.median(pre)
-        lines.append(f"| {m} | {b:.0f} | {o:.0f} | {100 * o / b:.0f}% | {p:.0f} | "
-                     f"{100 * p / b:.0f}% |")
+            for mode in MODES:
+                ours[mode].append(ps_worker(m, a.batch_size, a.steps, a.threads, mode))
+        b = statistics.median(base)
+        cells = [f"{o:.0f} | {100 * o / b:.0f}%"
+                 for o in (statistics.median(ours[mode]) for mode in MODES)]
+        lines.append(f"| {m} | {b:.0f} | {' | '.join(cells)} |")
         print(lines[-1], flush=True)
-        for pre in (False, True):
-            runs = CPU_MS[pre][-a.rounds:]
-            cpu[(m, pre)] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        for mode in MODES:
+            runs = CPU_MS[mode][-a.rounds:]
+            cpu[(m, mode)] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     lines += ["", "Target (issue 13): the worker at least 90% of the plain loop on the same model, "
               "batch and threads.", "",
               "Where the time goes: CPU milliseconds per step (user + system, medians over the "
               "rounds) of the worker's process (its training thread's forward/backward is the "
               "median `compute`; the rest is its communication threads and Ray's), the shard's "
               "process and the raylet.", "",
-              "| model | prefetch | step compute | worker process | shard process | raylet |",
+              "| model | worker | step compute | worker process | shard process | raylet |",
               "| --- | --- | ---: | ---: | ---: | ---: |"]
-    for (m, pre), c in cpu.items():
-        lines.append(f"| {m} | {'on' if pre else 'off'} | {c['compute']:.2f} | {c['worker']:.2f} "
+    for (m, mode), c in cpu.items():
+        lines.append(f"| {m} | {mode} | {c['compute']:.2f} | {c['worker']:.2f} "
                      f"| {c['shard']:.2f} | {c['raylet']:.2f} |")
     text = "\n".join(lines)
     print(text)

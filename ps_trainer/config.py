@@ -129,6 +129,9 @@ class TrainConfig:
     prefetch: str = _f("auto", "request each pull while the step before it computes, hiding its "
                                "round trips (weights one step older): auto (on a GPU), on or off; "
                                "off under bounded and sync")
+    exchange: str = _f("on", "each push is answered with the shard's weights after it, so a step "
+                             "pulls and pushes in one round trip (when --fetch-every and "
+                             "--push-every are 1): on or off; off under bounded and sync")
     max_inflight: int = _f(2, "pushes a worker may have unacknowledged before it waits "
                               "(0 = wait for each push)")
     publish_every: int = _f(1, "shard versions between published weight snapshots")
@@ -181,7 +184,7 @@ class TrainConfig:
     CHOICES = {"dataset": ("digits", "synthetic", "cifar10", "npz", "parquet"),
                "augment": ("auto", "inception", "resnet", "pad_crop", "none"),
                "amp": ("auto", "bf16", "fp16", "off"), "channels_last": ("auto", "on", "off"),
-               "prefetch": ("auto", "on", "off"),
+               "prefetch": ("auto", "on", "off"), "exchange": ("on", "off"),
                "push_dtype": ("float32", "bfloat16"), "lr_schedule": ("constant", "step"),
                "device": ("auto", "cpu", "cuda"),
                # none + the kinds of worker/delays.py's DELAYS (settings may not import a worker)

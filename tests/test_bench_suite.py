@@ -43,11 +43,12 @@ def test_an_unknown_item_is_one_clear_line():
 @pytest.mark.slow  # starts Ray or runs a benchmark: the slow set keeps it from rotting
 def test_worker_benchmark_smoke_measures_both_loops():
     out = run(str(BENCH / "bench_worker.py"), "--smoke")
-    row = re.search(r"^\| digits_cnn \| (\d+) \| (\d+) \| (\d+)% \| (\d+) \| (\d+)% \|$", out, re.M)
+    row = re.search(r"^\| digits_cnn \| (\d+)" + r" \| (\d+) \| (\d+)%" * 3 + r" \|$", out, re.M)
     assert row, out
-    plain, ours, ratio, pre, pre_ratio = map(int, row.groups())
-    assert plain > 0 and ours > 0 and pre > 0
-    assert abs(ratio - 100 * ours / plain) <= 1 and abs(pre_ratio - 100 * pre / plain) <= 1
+    plain, *cells = map(int, row.groups())  # separate calls, exchange, exchange + prefetch
+    assert plain > 0
+    for ours, ratio in zip(cells[::2], cells[1::2]):
+        assert ours > 0 and abs(ratio - 100 * ours / plain) <= 1
 
 
 @pytest.mark.slow  # starts Ray or runs a benchmark: the slow set keeps it from rotting

@@ -37,7 +37,7 @@ ACCEPTED = {
     ("label_smoothing", "-1"), ("aux_weight", "-1"), ("lighting", "-1"), ("loader_workers", "-1"),
     # 0 is "false" for a switch, as in YAML, and "off" for an auto|on|off setting
     ("nesterov", "0"), ("dc_adaptive", "0"), ("simulate", "0"), ("progress", "0"), ("flip", "0"),
-    ("prefetch", "0"), ("channels_last", "0"), ("insecure", "0"),
+    ("prefetch", "0"), ("exchange", "0"), ("channels_last", "0"), ("insecure", "0"),
     # --serve-grpc 0: serve on any free port (printed and written to RUN/server.json)
     ("serve_grpc", "0"),
     # any name is a folder name (written relative to the working directory): they are writable

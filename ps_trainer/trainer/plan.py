@@ -166,11 +166,13 @@ def worker_options(plan: Plan) -> dict:
         loss["label_smoothing"] = cfg.label_smoothing
     if cfg.aux_weight >= 0:
         loss["aux_weight"] = cfg.aux_weight
-    # SSP and BSP pulls wait for the clock they carry: one requested a step early would not
+    # SSP and BSP pulls wait for the clock they carry: one requested a step early would not,
+    # nor one answered with a push (the shard would have to hold the push's reply)
     coordinated = make_policy(cfg.policy, **cfg.policy_options()).coordinates
     return dict(image_size=plan.image_size, fetch_every=cfg.fetch_every,
                 push_every=cfg.push_every, max_inflight=cfg.max_inflight,
-                prefetch="off" if coordinated else cfg.prefetch, amp=cfg.amp, push_dtype=cfg.push_dtype,
+                prefetch="off" if coordinated else cfg.prefetch,
+                exchange="off" if coordinated else cfg.exchange, amp=cfg.amp, push_dtype=cfg.push_dtype,
                 channels_last=cfg.channels_last, **loss)
 
 

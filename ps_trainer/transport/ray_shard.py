@@ -175,6 +175,17 @@ class ParameterServerShard:
                                              "was computed on weights it no longer has")
         return self.state.push(grad, version_read, worker, bn_stats, shard)
 
+    def exchange(self, grad: np.ndarray, version_read: int, worker: int,
+                 bn_stats: np.ndarray | None = None, shard: int | None = None,
+                 clock: int = 0) -> tuple[PushResult, tuple | None]:
+        """A push, then the pull that follows it, in one round trip: (the push's result, what
+        `pull` returns: None if the worker must ask again). Downpour's worker pushes its gradient
+        and then fetches fresh weights (Dean et al. 2012, sec. 4.1); done as two calls, that is
+        two actor calls, two replies and two `ray.get`s per step. `clock`: the worker's pushes,
+        this one included. Only for policies that never hold a pull."""
+        result = self.push(grad, version_read, worker, bn_stats, shard)
+        return result, self.pull(False, worker, clock, timeout=0.0)
+
     def stats(self) -> dict:
         return {**self.state.stats(), "publications": self.publisher.publications,
                 "recovering": self.recovering}
@@ -209,10 +220,17 @@ class RayClient:
              clock: int = 0) -> list[tuple[np.ndarray, int]]:
         """Every shard's snapshot, requested concurrently; shards that hold the pull (for a
         coordinating policy, or while recovering) are asked again until they let it through."""
+        return self.complete(None, averaged, worker, clock)
+
+    def complete(self, metas: list | None, averaged: bool = False, worker: int | None = None,
+                 clock: int = 0) -> list[tuple[np.ndarray, int]]:
+        """The snapshots the shards' replies `metas` (from `pull`, or `exchange`) point to,
+        asking again the shards that held the pull; None: ask every shard first."""
         t0 = time.perf_counter()
+        retried = False
         while True:
-            metas = ray.get([s.pull.remote(averaged, worker, clock) for s in self.shards])
-            retried = False
+            if metas is None:
+                metas = ray.get([s.pull.remote(averaged, worker, clock) for s in self.shards])
             while any(m is None for m in metas):
                 if self.stop is not None and self.stop.is_set():
                     raise Stopped()
@@ -228,10 +246,21 @@ class RayClient:
                 break
             except ray.exceptions.ObjectLostError:  # its shard died after publishing it
                 time.sleep(0.05)
+                metas = None
         # The time the shards held it, not the round trip every pull pays.
         self.last_wait = (time.perf_counter() - t0 if retried
                           else max(m[2] for m in metas))
         return [(a, m[0]) for a, m in zip(arrays, metas)]
+
+    def exchange(self, pushes: list[tuple], clock: int) -> tuple[list[PushResult], list]:
+        """One push to every shard (`push`'s arguments, one tuple per shard, in shard order),
+        each answered with its result and the shard's weights after it (`ParameterServerShard.
+        exchange`): (the results, the pull replies for `complete`). One round trip per step.
+        `clock`: the pushing worker's pushes, these included."""
+        replies = ray.get([self.shards[shard].exchange.remote(grad, version, worker, bn, shard,
+                                                               clock)
+                           for shard, grad, version, worker, bn in pushes])
+        return [r for r, _ in replies], [m for _, m in replies]
 
     def push(self, shard: int, grad: np.ndarray, version_read: int, worker: int,
              bn_stats: np.ndarray | None):

@@ -23,6 +23,10 @@ Invariants:
   weights are then one step older (they miss this worker's own last push and whatever the others
   pushed during the step); the staleness each push reports says so. Off under SSP and BSP, whose
   pulls must wait for the clock they carry.
+- With `exchange` (when every step pulls and pushes, and the client can), a push and the pull
+  after it are one round trip: each shard answers the push with its result and its weights after
+  it (Downpour's push-then-fetch, Dean et al. 2012), which the next step lands (with `prefetch`,
+  the step after: one version older, as a prefetched pull). Same weights, half the calls.
 - On a GPU, pulled weights are staged in pinned host memory (in the comm thread) and copied to the
   device without blocking the host; gradients are zeroed just before the next backward, after
   the device-to-host copy of the pushed ones (so that copy overlaps the next forward).
@@ -56,7 +60,8 @@ class Worker:
                  fetch_every: int = 1, push_every: int = 1, max_inflight: int = 2,
                  aux_weight: float = 0.3, label_smoothing: float = 0.0, device="cpu",
                  delay=None, clock: int = 0, prefetch: bool | str = False, amp: str = "off",
-                 channels_last: str = "off", push_dtype: str = "float32"):
+                 channels_last: str = "off", push_dtype: str = "float32",
+                 exchange: bool | str = True):
         self.id = worker_id
         self.flat, self.model, self.shards, self.client = flat, flat.model, shards, client
         self.batches = batches
@@ -92,6 +97,10 @@ class Worker:
         self.last_compute = 0.0  # s of the last forward/backward
         # on, off, or auto: on a GPU, whose steps are short next to the pull of a large model
         self.prefetch = prefetch in (True, "on") or (prefetch == "auto" and cuda)
+        # push and the next pull in one round trip, where it is the same thing (see `_exchange`)
+        self.exchange = exchange in (True, "on") and fetch_every == push_every == 1 \
+            and hasattr(client, "exchange")
+        self._exchanged: deque = deque()  # futures of the pulls the pushes' replies carry
         # Pulls and pushes go through the comm thread; the simulator does them in line, at the
         # virtual moment they happen.
         self.threaded = True
@@ -118,9 +127,7 @@ class Worker:
         """The client's pull: every shard's (snapshot, version), and the s the shards held it;
         `clock`: this worker's pushes when it asked. Touches nothing of the model, so it runs in
         the comm thread."""
-        snapshots = self.client.pull(worker=self.id, clock=clock)
-        if self.device.type == "cuda":
-            snapshots = self._stage(snapshots)
+        snapshots = self._arrive(self.client.pull(worker=self.id, clock=clock))
         return snapshots, self.client.last_wait
 
     def _stage(self, snapshots: list) -> list:
@@ -153,6 +160,10 @@ class Worker:
 
     def _request(self) -> Future:
         return self._run(self._fetch, self.clock)
+
+    def _arrive(self, snapshots: list) -> list:
+        """Pulled snapshots, ready to land: on a GPU, staged in pinned memory (comm thread)."""
+        return self._stage(snapshots) if self.device.type == "cuda" else snapshots
 
     def _land(self, snapshots: list, waited: float) -> None:
         cuda = self.device.type == "cuda"
@@ -223,7 +234,12 @@ class Worker:
         grads, bn = self._send_buffers()
         args = [(s.index, grads[s.params[0]:s.params[1]], self.window[s.index], self.id,
                  bn[s.buffers[0]:s.buffers[1]]) for s in self.shards]
-        self._sent = self._run(self._send, args, self._copied)
+        if self.exchange and self.threaded:
+            pulled: Future = Future()
+            self._exchanged.append(pulled)
+            self._sent = self._run(self._exchange, args, self._copied, pulled, self.clock + 1)
+        else:
+            self._sent = self._run(self._send, args, self._copied)
         self._zero_due = True
         self.pushes_sent += len(args)
         self.clock += 1
@@ -278,6 +294,27 @@ class Worker:
             self._acks = ThreadPoolExecutor(1, thread_name_prefix=f"acks-{self.id}")
         return self._acks.submit(self.client.results, handles)
 
+    def _exchange(self, args: list, copied, pulled: Future, clock: int) -> Future:
+        """In the comm thread: each shard's push answered with the weights after it (`pulled`
+        gets them, for the next step to land). Returns the future of the push results, as
+        `_send` does; a pull that fails (e.g. stopped while a shard recovers) fails `pulled`
+        only, the pushes stay acknowledged."""
+        if copied is not None:
+            copied.synchronize()
+        try:
+            results, replies = self.client.exchange(args, clock)
+        except BaseException as e:
+            pulled.set_exception(e)
+            raise
+        try:
+            snapshots = self._arrive(self.client.complete(replies, worker=self.id, clock=clock))
+            pulled.set_result((snapshots, self.client.last_wait))
+        except BaseException as e:
+            pulled.set_exception(e)
+        done: Future = Future()
+        done.set_result(results)
+        return done
+
     def _acknowledge(self) -> None:
         step, loss, t, timing, sent = self.inflight.popleft()
         for r in sent.result().result():  # pushed, then acknowledged
@@ -297,12 +334,16 @@ class Worker:
             if self._next is not None:  # requested when the step before began
                 self._land(*self._next.result())
                 self._next = None
+            elif self._exchanged:  # the reply to the last push (or, prefetching, the one before)
+                self._land(*self._exchanged.popleft().result())
             else:
                 self.pull()
         if self.step_count % self.push_every == 0:  # a new gradient starts on these weights
             self.window = list(self.versions)
-        if self.prefetch and (self.step_count + 1) % self.fetch_every == 0:
-            self._next = self._request()  # the next step's pull, behind this step's compute
+        if self.prefetch and (self.step_count + 1) % self.fetch_every == 0 and not self._exchanged:
+            # the next step's pull, behind this step's compute (with `exchange`, only the first
+            # step asks: after it, the reply to each push arrives while a step computes)
+            self._next = self._request()
         t0 = time.perf_counter()
         loss = self.compute()
         self.last_compute = time.perf_counter() - t0
@@ -334,6 +375,7 @@ class Worker:
         if self._next is not None:
             self._next.cancel()
             self._next = None
+        self._exchanged.clear()
         for pool in (self._comm, self._acks):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
