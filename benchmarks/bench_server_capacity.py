@@ -4,17 +4,19 @@ Ray documentation's parameter server (b). Targets: at least 5x (b) at K=4, at le
 
 ps-trainer: S `ParameterServerShard` actors (the model cut by `ParamLayout.shards`; Nesterov
 momentum 0.9, weight decay 5e-4, Polyak average 0.99: a run's defaults) and K `ZeroWorker`
-actors, each looping as a `Worker` does minus the compute: pull every shard (`RayClient.pull`),
-land each snapshot in its flat buffers with one copy (`Worker._land`), push one gradient (a fixed
-array of small values) with its BatchNorm statistics to every shard, wait for the results. An
-*update* is one worker's push to every shard; it moves one gradient in and one weight copy out.
+actors, each looping as a `Worker` does minus the compute: land each shard's snapshot in its flat
+buffers with one copy (`Worker._land`), push one gradient (a fixed array of small values) with its
+BatchNorm statistics to every shard, each push answered with the shard's weights after it
+(`RayClient.exchange`, the Worker's default; the first weights come from one `RayClient.pull`),
+and fetch those. An *update* is one worker's push to every shard; it moves one gradient in and
+one weight copy out.
 Every actor asks for num_cpus=0, so nothing waits for a CPU slot; they share the cores.
 
 (a) Raw object store, the same bytes with no update math: the same K workers and loop, against S
 `Sink` actors that do nothing. Per shard and update: the worker passes its gradient slice as an
-argument (Ray puts it into the store: one copy; the sink ignores it); it asks for weights, the
-sink `ray.put`s its weight slice (one copy, as a shard puts its snapshot) and returns the
-reference; the worker `ray.get`s it (zero-copy) and lands it with the same one copy. Same calls,
+argument (Ray puts it into the store: one copy; the sink ignores it), and the sink answers with
+its weight slice `ray.put` (one copy, as a shard puts its snapshot) by reference; the worker
+`ray.get`s it (zero-copy) and lands it with the same one copy. Same calls,
 same puts and gets, same landing; what ps-trainer adds is the shard's work (validation, Nesterov,
 Polyak, the snapshot's concatenation under the lock). Every pull puts a fresh copy here, where a
 shard puts one per new version: with several workers (a) puts at least as often.
@@ -110,19 +112,22 @@ class ZeroWorker:
 
         client = RayClient(shards)
         times, phases, outcomes = [], [], set()
+        snapshots = client.pull(worker=self.index)
         while time.time() < stop_at or len(times) < min_updates:
-            t0 = time.perf_counter()
-            snapshots = client.pull(worker=self.index, clock=len(times))
             t1 = time.perf_counter()
             self.land(specs, snapshots)
             t2 = time.perf_counter()
-            handles = [client.push(s.index, self.grad[s.params[0]:s.params[1]], version,
-                                   self.index, self.bn[s.buffers[0]:s.buffers[1]])
-                       for s, (_, version) in zip(specs, snapshots)]
-            outcomes.update(r.outcome for r in client.results(handles))
+            results, replies = client.exchange(
+                [(s.index, self.grad[s.params[0]:s.params[1]], version, self.index,
+                  self.bn[s.buffers[0]:s.buffers[1]]) for s, (_, version) in zip(specs, snapshots)],
+                len(times) + 1)
+            outcomes.update(r.outcome for r in results)
+            t3 = time.perf_counter()
             del snapshots  # the snapshots go back to the store before the next pull
+            snapshots = client.complete(replies, worker=self.index, clock=len(times) + 1)
             times.append(time.time())
-            phases.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
+            # pull: fetching the weights the push was answered with; push: the push's round trip
+            phases.append((time.perf_counter() - t3, t2 - t1, t3 - t2))
         return {"times": times, "phases": phases, "outcomes": sorted(outcomes)}
 
     def run_store(self, sinks: list, specs: list, stop_at: float, min_updates: int) -> dict:
@@ -130,16 +135,17 @@ class ZeroWorker:
         import ray
 
         times, phases = [], []
+        refs = ray.get([s.pull.remote() for s in sinks])
         while time.time() < stop_at or len(times) < min_updates:
             t0 = time.perf_counter()
-            refs = ray.get([s.pull.remote() for s in sinks])
             snapshots = [(a, 0) for a in ray.get([r[0] for r in refs])]  # zero-copy
             t1 = time.perf_counter()
             self.land(specs, snapshots)
             t2 = time.perf_counter()
-            ray.get([k.push.remote(self.grad[s.params[0]:s.params[1]],
-                                   self.bn[s.buffers[0]:s.buffers[1]]) for k, s in zip(sinks, specs)])
             del snapshots, refs
+            refs = ray.get([k.exchange.remote(self.grad[s.params[0]:s.params[1]],
+                                              self.bn[s.buffers[0]:s.buffers[1]])
+                            for k, s in zip(sinks, specs)])
             times.append(time.time())
             phases.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
         return {"times": times, "phases": phases, "outcomes": ["none"]}
@@ -156,8 +162,9 @@ class Sink:
 
         return [ray.put(self.weights)]  # one copy into the store, as a shard's snapshot
 
-    def push(self, grad: np.ndarray, bn: np.ndarray) -> bool:
-        return True
+    def exchange(self, grad: np.ndarray, bn: np.ndarray) -> list:
+        """A push (ignored), answered with the weights, as a shard's `exchange`."""
+        return self.pull()
 
 
 def span_rate(times: list[list[float]]) -> float:
@@ -476,9 +483,10 @@ def where_time_goes(a, phases, cpu) -> str:
         rows.append(f"| {key[0]} | {key[2] if key[0] != DOCS else 1} | {key[3]} | "
                     f"{ms['workers']:.0f} | {ms['server']:.0f} | {ms['raylet']:.0f} | "
                     f"{ms['driver']:.0f} | {total:.0f} | {os.cpu_count() * 1000 / total:.1f} |")
-    rows += ["", "One worker's update in wall time (K=1, median ms; pull = the calls, the server's "
-                 "snapshot and put, and the `ray.get`; land = the landing copy; push = the "
-                 "gradient's put, the server's work and the reply):", "",
+    rows += ["", "One worker's update in wall time (K=1, median ms; push = the gradient's put, the "
+                 "server's work, its snapshot and put, and the reply: one call per shard, each push "
+                 "answered with the weights after it; pull = the `ray.get` of those weights; land = "
+                 "the landing copy):", "",
              "| path | S | pull, ms | land, ms | push + result, ms | update, ms |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for path in (OURS, STORE):
