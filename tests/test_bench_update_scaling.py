@@ -100,8 +100,22 @@ def test_an_unknown_kernel_is_one_clear_error():
 
 
 # ---- DC-ASGD in place, block by block ----------------------------------------------------------
+def compensate_as_written(policy, g, w_now, w_read):
+    """DC-ASGD(-a) (Zheng et al. 2017) as whole-tensor expressions, in the order the shard computes
+    it: ms = m * ms + (1 - m) * g * g first, then g + lambda * ((w_now - w_read) * g * g / (sqrt(ms)
+    + eps)); without `adaptive`, g + lambda * ((w_now - w_read) * g * g)."""
+    if not policy.adaptive:
+        return g + policy.lam * ((w_now - w_read) * g * g)
+    if policy.mean_square is None:
+        policy.mean_square = torch.zeros_like(g)
+    m = policy.mean_square_decay
+    policy.mean_square.mul_(m).addcmul_(g, g, value=1 - m)
+    return g + policy.lam * ((w_now - w_read) * g * g / (policy.mean_square.sqrt() + policy.eps))
+
+
 def compensate_as_before(policy, g, w_now, w_read):
-    """The shard's DC-ASGD before item 5: the formula as tensor expressions (five temporaries)."""
+    """The shard's DC-ASGD before item 5, in the formula's own order: lambda / (sqrt(ms) + eps)
+    first, then g + lambda_t * g * g * (w_now - w_read) (five temporaries)."""
     if policy.adaptive:
         if policy.mean_square is None:
             policy.mean_square = torch.zeros_like(g)
@@ -113,12 +127,12 @@ def compensate_as_before(policy, g, w_now, w_read):
     return g + lam * g * g * (w_now - w_read)
 
 
-@pytest.mark.parametrize("adaptive", [True, False])
-@pytest.mark.parametrize("kernel", ["auto", "inplace"])
-def test_dc_asgd_in_blocks_equals_the_formula_bit_for_bit(adaptive, kernel):
-    """Stale pushes on one read, then on a later one: the blocked, in-place shard ends where a
-    straightforward whole-array implementation (compensate, SGD step, Polyak lerp) ends."""
+def dc_asgd_against(reference, adaptive, kernel, dc_block=None):
+    """Stale pushes on one read, then on a later one, to a blocked shard and to a straightforward
+    whole-array implementation (`reference` compensation, SGD step, Polyak lerp): both ends."""
     s = shard(kernel, policy=DelayCompensated(lam=0.5, adaptive=adaptive), block=1000)
+    if dc_block is not None:
+        s.policy.block = dc_block
     ref_policy = DelayCompensated(lam=0.5, adaptive=adaptive)
     opt = NesterovMomentum(0.9, 1e-3, kernel=kernel)
     w = torch.from_numpy(s.params.copy())
@@ -134,15 +148,37 @@ def test_dc_asgd_in_blocks_equals_the_formula_bit_for_bit(adaptive, kernel):
             r = s.push(g, version, worker=worker)
             gt = torch.from_numpy(g)
             if r.outcome == "compensated":  # against the weights of the version it carries
-                gt = compensate_as_before(ref_policy, gt, w, kept[version])
+                gt = reference(ref_policy, gt, w, kept[version])
             opt.step(w, buf, gt, r.lr)
             avg.lerp_(w, s.averager.weight(r.version))
     assert s.counters["compensated"] >= 8 and sum(s.counters.values()) == 16
-    np.testing.assert_array_equal(s.params, w.numpy())
-    np.testing.assert_array_equal(s.momentum, buf.numpy())
-    np.testing.assert_array_equal(s.average, avg.numpy())
+    pairs = [(s.params, w.numpy()), (s.momentum, buf.numpy()), (s.average, avg.numpy())]
     if adaptive:
-        np.testing.assert_array_equal(s.policy.mean_square.numpy(), ref_policy.mean_square.numpy())
+        pairs.append((s.policy.mean_square.numpy(), ref_policy.mean_square.numpy()))
+    return pairs
+
+
+# The shard's 1000-element blocks, or the policy's smaller ones (as the policy's 256K are smaller
+# than the shard's 1M), a multiple of 16 as those are: torch's fused SGD kernel rounds the last
+# n % 16 elements of each call in a scalar loop, which can differ by an ulp from its vector loop
+# (blocks of 700 do here, with or without DC-ASGD), so only then is a blocked push the whole-array one.
+@pytest.mark.parametrize("dc_block", [None, 640])
+@pytest.mark.parametrize("adaptive", [True, False])
+@pytest.mark.parametrize("kernel", ["auto", "inplace"])
+def test_dc_asgd_in_blocks_equals_the_formula_bit_for_bit(adaptive, kernel, dc_block):
+    for blocked, whole in dc_asgd_against(compensate_as_written, adaptive, kernel, dc_block):
+        np.testing.assert_array_equal(blocked, whole)
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+@pytest.mark.parametrize("kernel", ["auto", "inplace"])
+def test_dc_asgd_in_fewer_passes_is_the_formula_in_its_old_order_to_float32_rounding(adaptive, kernel):
+    """The order of operations changed (eleven passes to eight), the semantics did not: after 16
+    pushes the weights, momentum, average and mean square are those of the old order to within
+    a few float32 roundings (1e-6 of each number, and of the array's largest: an element that is
+    the difference of two close numbers, a weight that crossed zero, keeps their rounding error)."""
+    for blocked, whole in dc_asgd_against(compensate_as_before, adaptive, kernel):
+        np.testing.assert_allclose(blocked, whole, rtol=1e-6, atol=1e-6 * np.abs(whole).max())
 
 
 # ---- the scaling model against queueing theory -------------------------------------------------
@@ -196,13 +232,16 @@ def test_shard_update_benchmark_smoke_prints_the_ratios():
                 r"^\| ([^|]+?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| [\d.]+ \|$", out, re.M)}
     for name in ("memcpy (torch copy_)", "ShardState.push (validate + SGD + Polyak, blocked)",
                  "ShardState.push, in-place fallback kernel",
-                 "ShardState.push, DC-ASGD-a (compensate + SGD + Polyak, blocked)"):
+                 "ShardState.push, DC-ASGD-a (compensate + SGD + Polyak, 256K blocks)",
+                 "ShardState.push, DC-ASGD-a in the plain push's 1M blocks",
+                 "DC-ASGD-a push as before (eleven passes per 1M block)"):
         assert rows[name][0] > 0 and rows[name][2] > 0, name
     assert rows["memcpy (torch copy_)"][1] == 1.0
     push = re.search(r"\*\*Shard push = ([\d.]+)x memcpy\*\* \(CPU time; target: at most 2\.5x: "
                      r"(met|missed)", out)
     dc = re.search(r"\*\*DC-ASGD push = ([\d.]+)x the plain push\*\* \(CPU time; target: at most "
-                   r"2x: (met|missed)", out)
+                   r"2x: (met|missed); per round [\d.]+-[\d.]+x; wall [\d.]+x; in 1M blocks "
+                   r"[\d.]+x; as before [\d.]+x\)", out)
     assert push and dc, out
     assert (push[2] == "met") == (float(push[1]) <= 2.5) and (dc[2] == "met") == (float(dc[1]) <= 2.0)
     plain = rows["ShardState.push (validate + SGD + Polyak, blocked)"]

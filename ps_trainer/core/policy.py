@@ -164,6 +164,11 @@ class DelayCompensated(Policy):
     eps: float = 1e-7
     name = "dc_asgd"
     keeps_reads = True
+    # Elements per block of a compensated push (the shard's own `block`, 1M, if that is smaller).
+    # The block's six arrays and two scratch blocks (1 MiB each here) stay in L3 between the
+    # eight passes of `compensate` and the SGD kernel's and Polyak lerp's; 1M blocks fill the
+    # 32 MiB L3, and the push took 3-17% longer (benchmarks/bench_shard_update.py).
+    block = 1 << 18
     mean_square: torch.Tensor | None = field(default=None, repr=False)
 
     def running_mean_square(self, n: int) -> torch.Tensor | None:
@@ -175,24 +180,28 @@ class DelayCompensated(Policy):
     def compensate(self, g: torch.Tensor, w_now: torch.Tensor, w_read: torch.Tensor,
                    out: torch.Tensor, tmp: torch.Tensor,
                    mean_square: torch.Tensor | None = None) -> torch.Tensor:
-        """`out` = g + lambda * g * g * (w_now - w_read) for one block of the shard, and the
-        block's `mean_square` (its view of `running_mean_square`) moved on, in place.
+        """`out` = g + lambda * g * g * (w_now - w_read) for one block of the shard (lambda /
+        (sqrt(ms) + eps) with `adaptive`), and the block's `mean_square` (its view of
+        `running_mean_square`) moved on first, in place: ms = m * ms + (1 - m) * g * g.
 
-        The shard calls this block by block, just before the block's update, so g and w are read
-        once, in cache, and nothing the size of the shard is allocated (the formula written as
-        tensor expressions allocates five such temporaries). `out` and `tmp` are scratch of g's
-        size. The operations are those of the formula, in its order, so the numbers are
-        the same bit for bit (tests/test_bench_update_scaling.py checks it)."""
-        if self.adaptive:
-            m = self.mean_square_decay
-            mean_square.mul_(m).addcmul_(g, g, value=1 - m)
-            # lambda / (sqrt(ms) + eps), as torch computes `float / tensor`: reciprocal, then times
-            torch.sqrt(mean_square, out=out).add_(self.eps).reciprocal_().mul_(self.lam)
-            out.mul_(g)
-        else:
-            torch.mul(g, self.lam, out=out)
-        out.mul_(g).mul_(torch.sub(w_now, w_read, out=tmp))
-        return torch.add(g, out, out=out)
+        The shard calls this block by block (`block` elements), just before the block's update,
+        so g and w are read from cache by the SGD kernel after it, and nothing the size of the
+        shard is allocated (the formula written as tensor expressions allocates five such
+        temporaries). `out` and `tmp` are scratch of g's size.
+
+        Each operation is a pass over the block, so the formula is written in as few of them as
+        torch's elementwise operators allow: eight in all with `adaptive` (eleven before;
+        benchmarks/bench_shard_update.py), the division and the final sum in one `addcdiv`. The
+        numbers are bit for bit those of the formula in this order as whole-tensor expressions,
+        g + lambda * ((w_now - w_read) * g * g / (sqrt(ms) + eps)), and within float32 rounding
+        of the order written above (tests/test_bench_update_scaling.py checks both)."""
+        torch.sub(w_now, w_read, out=tmp).mul_(g).mul_(g)  # g * g * (w_now - w_read)
+        if not self.adaptive:
+            return torch.add(g, tmp, alpha=self.lam, out=out)
+        m = self.mean_square_decay
+        mean_square.mul_(m).addcmul_(g, g, value=1 - m)
+        torch.sqrt(mean_square, out=out).add_(self.eps)
+        return torch.addcdiv(g, tmp, out, value=self.lam, out=out)
 
     def state_dict(self) -> dict:
         return {"mean_square": None if self.mean_square is None else self.mean_square.numpy().copy()}

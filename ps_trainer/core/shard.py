@@ -308,14 +308,17 @@ class ShardState:
     def _apply(self, g: torch.Tensor, lr: float, w_read: torch.Tensor | None = None) -> None:
         """One optimizer step by `g`; with `w_read` (DC-ASGD), g is first compensated against the
         weights it was computed on. Block by block: the compensation, the SGD kernel and the
-        Polyak lerp each find the block's g and w in cache where the one before left them."""
+        Polyak lerp each find the block's g and w in cache where the one before left them. A
+        compensated push takes the policy's smaller blocks: it keeps twice as many arrays in
+        cache as a plain one."""
         self.version += 1
         weight = self.averager.weight(self.version) if self.averager else 0.0
         n = self._w.shape[0]
         mean_square = self.policy.running_mean_square(n) if w_read is not None else None
+        block = self.block if w_read is None else min(self.block, self.policy.block)
         out, tmp = self._scratch()
-        for start in range(0, n, self.block):
-            end = min(start + self.block, n)
+        for start in range(0, n, block):
+            end = min(start + block, n)
             w, gb = self._w[start:end], g[start:end]
             if w_read is not None:
                 gb = self.policy.compensate(gb, w, w_read[start:end], out[:end - start],
