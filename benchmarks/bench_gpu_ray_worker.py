@@ -5,7 +5,11 @@ channels_last, the same model, batch and random data, `torch.optim.SGD(nesterov=
 GPU. The worker is the real thing: a `WorkerActor` with a GPU in its own Ray process, pulling from
 and pushing to `--shards` real `ParameterServerShard` actors on the same machine's CPUs (which
 apply Nesterov and Polyak there), with its defaults on a GPU (bf16 autocast, channels_last,
-cudnn.benchmark), with and without `--prefetch`. Rounds alternate; medians are reported.
+cudnn.benchmark), with and without `--prefetch`, with gradients pushed as bfloat16, and as
+Downpour ran (Dean et al. 2012: a fetch every n_fetch steps, a push every n_push, `--every N`).
+Every step of the first three columns moves the whole model both ways (resnet50: 102 MB each way),
+which on one machine's object store and CPUs is what bounds them; the last column divides those
+bytes by N. Rounds alternate; medians are reported.
 
     python benchmarks/bench_gpu_ray_worker.py [--models resnet50 inception_v3] [--steps 30]
 """
@@ -61,11 +65,12 @@ def plain_loop(model_name: str, batch: int, steps: int) -> float:
 
 
 def ray_worker(model_name: str, batch: int, steps: int, shards: int, prefetch: bool,
-               push_dtype: str = "float32") -> float:
+               push_dtype: str = "float32", every: int = 1) -> float:
     import ray
 
     cfg = TrainConfig(model=model_name, workers=1, ps_shards=shards, batch_size=batch,
                       progress=False, prefetch=prefetch, dataset="synthetic", push_dtype=push_dtype,
+                      fetch_every=every, push_every=every,
                       run_dir=tempfile.mkdtemp(prefix="bench-gpu-")).validate()
     plan = prepare(cfg)
     x, y = data(model_name, batch)
@@ -91,30 +96,36 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--every", type=int, default=4,
+                    help="Downpour's n_fetch = n_push for the last column (default 4)")
     a = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     start_ray(None)
     rows, results = [], {}
     for m in a.models:
-        base, ours, pre, half = [], [], [], []
+        base, ours, pre, half, down = [], [], [], [], []
         for _ in range(a.rounds):
             base.append(plain_loop(m, a.batch_size, a.steps))
             ours.append(ray_worker(m, a.batch_size, a.steps, a.shards, prefetch=False))
             pre.append(ray_worker(m, a.batch_size, a.steps, a.shards, prefetch=True))
             half.append(ray_worker(m, a.batch_size, a.steps, a.shards, prefetch=True,
                                    push_dtype="bfloat16"))
-        b, o, p, h = (statistics.median(v) for v in (base, ours, pre, half))
-        results[m] = {"plain": base, "worker": ours, "prefetch": pre, "prefetch_bf16": half}
+            down.append(ray_worker(m, a.batch_size, a.steps, a.shards, prefetch=True,
+                                   push_dtype="bfloat16", every=a.every))
+        b, o, p, h, d = (statistics.median(v) for v in (base, ours, pre, half, down))
+        results[m] = {"plain": base, "worker": ours, "prefetch": pre, "prefetch_bf16": half,
+                      f"prefetch_bf16_every{a.every}": down}
         rows.append(f"| {m} | {b:.0f} | {o:.0f} | {100 * o / b:.0f}% | {p:.0f} | {100 * p / b:.0f}% "
-                    f"| {h:.0f} | {100 * h / b:.0f}% |")
+                    f"| {h:.0f} | {100 * h / b:.0f}% | {d:.0f} | {100 * d / b:.0f}% |")
         print(rows[-1], flush=True)
     text = "\n".join([
         f"Machine: {machine()}, {torch.cuda.get_device_name()}; batch {a.batch_size}, "
         f"{a.shards} shards on the CPUs, {a.steps} timed steps, {a.rounds} alternating rounds, "
         f"medians.", "",
         "| model | plain loop (bf16, channels_last) img/s | Ray worker img/s | ratio "
-        "| with --prefetch img/s | ratio | --prefetch --push-dtype bfloat16 img/s | ratio |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", *rows])
+        "| with --prefetch img/s | ratio | --prefetch --push-dtype bfloat16 img/s | ratio "
+        f"| the same, --fetch-every {a.every} --push-every {a.every} img/s | ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", *rows])
     print(text)
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "gpu_ray_worker.json").write_text(json.dumps(results))
