@@ -487,16 +487,17 @@ def even_digits(a, digits: dict, tmp: Path, per_epoch: int) -> tuple[list[str], 
         f"backward) and {cpu[ddp.system]['DDP ranks']:.1f} ms of CPU. An async ps-train worker's "
         f"step is {step(asyn):.1f} ms ({asyn.compute:.1f} ms forward/backward) and costs "
         f"{c['ps-train workers'] + c['shards'] + c['driver']:.1f} ms of CPU: its own process "
-        f"{c['ps-train workers']:.1f} ms (the forward/backward, its pull and push as Ray actor "
-        f"calls, its comm threads), the shard {c['shards']:.1f} ms (one pull and one push, each "
-        f"a Ray call of about 1 ms here), the driver {c['driver']:.1f} ms (evaluations, one a "
+        f"{c['ps-train workers']:.1f} ms (the forward/backward, its push as one Ray actor call "
+        f"answered with the next weights, `--exchange`, its comm threads), the shard "
+        f"{c['shards']:.1f} ms (that call: the update, the snapshot and the reply), the driver {c['driver']:.1f} ms (evaluations, one a "
         f"second, and the drains). DDP keeps its ranks in lock-step and its cores partly idle; "
-        f"ps-train fills them, with more CPU a step. With sync, each pull waits for the other "
-        f"worker's push and the update, one round trip per step that nothing hides."]
+        f"ps-train fills them, with more CPU a step. With sync (no exchange: its pulls wait), "
+        f"each pull waits for the other worker's push and the update, a pull and a push per "
+        f"step that nothing hides."]
     if a.compare_shards:
         more, rare = meds[3:5]
         lines += ["", f"With {a.compare_shards} shards (ps-train's default) every step makes "
-                      f"{a.compare_shards} pulls and {a.compare_shards} pushes: "
+                      f"{a.compare_shards} round trips, one to each shard: "
                       f"{more.training:.1f} s against {asyn.training:.1f} s with "
                       f"{a.ps_shards}, shards' CPU {cpu[more.system]['shards']:.1f} against "
                       f"{c['shards']:.1f} ms a step. digits_cnn has 57K parameters (226 KB): "

@@ -130,9 +130,11 @@ def main() -> None:
     if a.smoke:
         a.models, a.steps, a.rounds, a.no_write = ["digits_cnn"], 5, 1, True
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    load = os.getloadavg()[0]
     start_ray(None)
     lines = [f"Machine: {machine()}; {a.threads} torch thread(s) per process; batch {a.batch_size}; "
-             f"{a.steps} timed steps per round, {a.rounds} alternating rounds, medians.", "",
+             f"{a.steps} timed steps per round, {a.rounds} alternating rounds, medians; load "
+             f"average (1 min) {load:.2f} at the start.", "",
              "| model | plain PyTorch loop, img/s | worker, pull + push (--exchange off), img/s "
              "| ratio | worker, one exchange per step (default), img/s | ratio "
              "| exchange + --prefetch, img/s | ratio |",
@@ -163,6 +165,21 @@ def main() -> None:
     for (m, mode), c in cpu.items():
         lines.append(f"| {m} | {mode} | {c['compute']:.2f} | {c['worker']:.2f} "
                      f"| {c['shard']:.2f} | {c['raylet']:.2f} |")
+    lines += ["", f"The load average was {os.getloadavg()[0]:.2f} at the end. Worker modes: "
+              "`separate` pulls every shard and then pushes to it, two Ray calls a step; "
+              "`exchange` (the default) pushes and gets the shard's weights after the push in "
+              "the reply, one call a step, the same weights; with `--prefetch` the step lands the "
+              "reply to the push before the last, so the round trip overlaps a step's compute "
+              "(the weights are one version older)."]
+    for m in a.models:
+        sep, pre = cpu.get((m, "separate")), cpu.get((m, "exchange + prefetch"))
+        if sep and pre:
+            lines.append(f"- {m}: the worker's forward/backward took {pre['compute']:.2f} ms with "
+                         f"prefetch against {sep['compute']:.2f} without, while its process used "
+                         f"{pre['worker'] - pre['compute']:.2f} ms of CPU a step beyond it (the "
+                         f"comm thread's Ray calls and Ray's own threads, beside the training "
+                         f"thread and holding the GIL in turn with it); the shard "
+                         f"{pre['shard']:.2f} ms ({sep['shard']:.2f} with separate calls).")
     text = "\n".join(lines)
     print(text)
     if not a.no_write:
