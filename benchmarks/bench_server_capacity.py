@@ -35,8 +35,10 @@ The rate is taken over the span in which every worker is past its first update a
 last, each worker's progress interpolated between its completions (so it does not round to whole
 updates); the first update (page faults, connections) is never counted. Every (model, S) group
 keeps its actors and runs its cells in an order that rotates from round to round; medians over
-rounds, and for ps-trainer / (a) the median of the per-round ratios. Before its rounds, a group
-runs one uncounted update per worker on each path (the shards fault their state in). Every cell
+rounds, and for ps-trainer / (a) the median of the per-round ratios. Before its rounds, every
+process of a group maps the object store once (`touch_store`: a long run's steady state; on the
+first pass over the store every 4 KB page written faults, and a 100 MB put takes 5x longer), and
+the group runs one uncounted update per worker on each path (the shards fault their state in). Every cell
 checks that each shard counted exactly as many pushes as the workers made updates, and reads the
 CPU time (user + system) the workers, the servers, the raylet and the driver spent per update.
 The object store is sized for 2K + 4 model copies at once (each worker's gradient and the
@@ -80,6 +82,24 @@ def layout_of(model: str, smoke: bool) -> ParamLayout:
     if smoke:
         return ParamLayout((), (), layout.num_params // 100, layout.num_buffers // 100)
     return layout
+
+
+def touch_store(store: int, fill: float = 0.8, chunk: int = 64 << 20) -> float:
+    """Map most of the object store into this process, as a long run has: put (and hold) 64 MiB
+    chunks until `fill` of it is taken, then let them go. Returns the seconds it took.
+
+    Why: the store's allocator walks on through its memory with every object (the object freed
+    last is not reused at once), so each process's first pass over the store page-faults every
+    4 KB page it writes: a 100 MB `ray.put` takes ~45 ms then, ~9 ms once that page is mapped.
+    A run reaches the steady state within its first minute; a 3 s cell would not."""
+    import ray
+
+    t0 = time.perf_counter()
+    block = np.ones(chunk // 4, np.float32)
+    refs = [ray.put(block) for _ in range(int(fill * store) // chunk)]
+    del refs
+    time.sleep(0.2)  # the chunks are freed asynchronously: let the store have them back
+    return time.perf_counter() - t0
 
 
 class ZeroWorker:
@@ -319,8 +339,11 @@ def main() -> None:
             servers = {OURS: [pid_of(h) for h in shards], STORE: [pid_of(h) for h in sinks],
                        DOCS: [pid_of(h) for h in docs[:1]]}
             docs_pids = [pid_of(h) for h in docs[1:]]
-            # Warm-up, not counted: the shards' first updates fault in their state, the workers'
-            # first pulls and pushes their pages of the object store.
+            # Warm-up, not counted: every process maps the object store (`touch_store`), one at
+            # a time, then the shards' first updates fault in their state.
+            for h in workers + shards + sinks + docs:
+                ray.get(h.__ray_call__.remote(lambda self, n: touch_store(n), store))
+            touch_store(store)
             for path in (OURS, STORE):
                 run_cell(path, shards if path == OURS else sinks, specs, workers[:max(a.workers)],
                          argparse.Namespace(seconds=0.0, min_updates=1), [], [])

@@ -292,3 +292,22 @@ def test_a_push_checks_its_gradient_before_taking_the_shard_lock():
     bad = shard.push(np.full(1000, np.nan, np.float32), 2)
     assert bad.outcome == "rejected" and bad.reason == "gradient contains NaN or Inf"
     assert shard.version == 2 and shard.counters["rejected"] == 1
+
+
+def test_a_publication_is_the_snapshot_without_a_copy():
+    """`publication` is `snapshot`'s `[weights | BatchNorm statistics]`, read from the shard's own
+    storage (the Ray shard puts large ones straight into the object store from there)."""
+    s = ShardState(0, np.linspace(-1, 1, 1000, dtype=np.float32), np.arange(6, dtype=np.float32),
+                   optimizer=NesterovMomentum(0.9, 5e-4), schedule=LRSchedule(0.1),
+                   averager=PolyakAverage(0.5))
+    for k in range(3):
+        s.push(np.full(1000, 0.1 * (k + 1), np.float32), s.version, 0,
+               np.full(6, float(k), np.float32))
+        for averaged in (False, True):
+            snap, v2 = s.snapshot(averaged)
+            with s.lock:
+                pub, version = s.publication(averaged)
+                assert version == v2 == k + 1
+                np.testing.assert_array_equal(pub, snap)
+                assert np.shares_memory(pub, s.average if averaged else s.params)
+    assert not np.array_equal(s.params, s.average)  # two weight sets, two storages

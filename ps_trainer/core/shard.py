@@ -73,10 +73,21 @@ class ShardState:
                  optimizer: NesterovMomentum | None = None, schedule: LRSchedule | None = None,
                  policy=None, averager: PolyakAverage | None = None, block: int = BLOCK):
         self.index = index
-        self.params = np.array(params, dtype=np.float32, copy=True)  # (P_i,) owned, updated in place
-        self.momentum = np.zeros_like(self.params)  # (P_i,) Nesterov buffer
-        self.average = self.params.copy() if averager is not None else None  # (P_i,) Polyak weights
         self.buffers = np.array(buffers if buffers is not None else [], np.float32, copy=True)  # (B_i,)
+        # The weights and their Polyak average each sit at the head of an allocation with room
+        # for the served BatchNorm statistics after them: `publication` hands out `[weights |
+        # BatchNorm statistics]` without assembling a copy (a 100 MB shard's publication then
+        # costs the object store's copy alone).
+        n, b = np.shape(params)[0], self.buffers.shape[0]
+        self._stores = {False: np.empty(n + b, np.float32)}
+        self.params = self._stores[False][:n]  # (P_i,) owned, updated in place
+        self.params[:] = params
+        self.momentum = np.zeros_like(self.params)  # (P_i,) Nesterov buffer
+        self.average = None  # (P_i,) Polyak weights
+        if averager is not None:
+            self._stores[True] = np.empty(n + b, np.float32)
+            self.average = self._stores[True][:n]
+            self.average[:] = self.params
         self.bn_slots: dict[int, np.ndarray] = {}  # worker -> latest BatchNorm statistics
         self.bn_versions: dict[int, int] = {}  # worker -> version when its slot was last written
         self.optimizer = optimizer or NesterovMomentum()
@@ -129,6 +140,15 @@ class ShardState:
             if worker is not None and not averaged:
                 self._note_read(worker, version, arr)
             return arr, version
+
+    def publication(self, averaged: bool = False) -> tuple[np.ndarray, int]:
+        """`[weights | BatchNorm statistics]` and its version, like `snapshot` but without a copy:
+        the weights' own storage, the served statistics written into the slots after them. The
+        caller holds `lock` for as long as it reads the array (the next push changes it), e.g.
+        while Ray copies it into the object store."""
+        store = self._stores[averaged and self.average is not None]
+        store[self.params.shape[0]:] = self.bn_mean()
+        return store, self.version
 
     def note_read(self, worker: int, version: int, snapshot: np.ndarray) -> None:
         """Record that `worker` read `snapshot` (of `version`), when it was served from a cache."""

@@ -136,6 +136,10 @@ class Evaluator:
         rows = []
         for weights in ("raw", "polyak"):
             snaps = self.client.pull(averaged=weights == "polyak")
+            # A row's time is when its weights were read, not when their evaluation ended: the
+            # accuracy belongs to those weights, and on a busy machine the evaluation can take
+            # longer than the interval between two (time to an accuracy would be overstated).
+            now = self.clock()
             params = np.concatenate([a[:s.num_params] for (a, _), s in zip(snaps, self.specs)])
             buffers = np.concatenate([a[s.num_params:] for (a, _), s in zip(snaps, self.specs)])
             layout.load_into(self.model, params, buffers)
@@ -149,7 +153,6 @@ class Evaluator:
             batches, views = self.held_out(final)
             m = evaluate_batches(self.model, batches, in_channels=self.plan.in_channels,
                                  image_size=self.plan.image_size, views=views, device=self.device)
-            now = self.clock()
             rows.append({"time": now, "elapsed": now - t0, "step": step,
                          "weights": weights, "bn": bn, **m})
         return rows

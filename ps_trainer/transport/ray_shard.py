@@ -70,8 +70,6 @@ class ParameterServerShard:
         # One snapshot per weight set, republished every `publish_every` versions and
         # `publish_interval` s (the rule is core's, shared with the simulator's client).
         self.publisher = Publisher(publish_every, publish_interval)
-        # averaged -> where a large snapshot is assembled before its ray.put (see `_assemble`)
-        self.staging: dict[bool, np.ndarray] = {}
 
     def _slice(self, index: int, checkpoints: str, tries: int = 3) -> tuple[dict | None, str]:
         """This shard's state in the latest checkpoint under `checkpoints`, or (None, why not).
@@ -136,9 +134,11 @@ class ParameterServerShard:
                 # worker read: keep it (not a copy).
                 held = arr if nbytes <= INLINE_BYTES else [ray.put(arr)]
                 return Published(held, version, now, arr if state.policy.keeps_reads else None)
-            # A large one is put once and read zero-copy by all.
-            arr, version = self._assemble(averaged)
-            return Published([ray.put(arr)], version, now)
+            # A large one is put once and read zero-copy by all: straight from the shard's
+            # storage, under its lock (Ray has copied it into the store when `put` returns).
+            with state.lock:
+                arr, version = state.publication(averaged)
+                return Published([ray.put(arr)], version, now)
 
         # A coordinating policy promises fresh weights to whoever it lets through.
         held = self.publisher.serve(averaged, state.version, time.monotonic(),
@@ -146,22 +146,6 @@ class ParameterServerShard:
         if worker is not None and held.array is not None:
             state.note_read(worker, held.version, held.array)
         return held.version, held.snapshot, waited
-
-    def _assemble(self, averaged: bool) -> tuple[np.ndarray, int]:
-        """`ShardState.snapshot` into a buffer kept for the next publication: a fresh 100 MB
-        array is faulted in page by page under the shard's lock (~25k faults, slower than the
-        copy itself), and each pull of a moving model publishes one. Safe to reuse: the
-        publisher's lock allows one publication at a time, and `ray.put` has copied the buffer
-        before it returns."""
-        state = self.state
-        with state.lock:
-            w = state.average if averaged and state.average is not None else state.params
-            bn = state.bn_mean()
-            out = self.staging.get(averaged)
-            if out is None or out.shape[0] != w.shape[0] + bn.shape[0]:
-                out = self.staging[averaged] = np.empty(w.shape[0] + bn.shape[0], np.float32)
-            np.concatenate([w, bn], out=out)
-            return out, state.version
 
     def retire(self, worker: int) -> None:
         self.state.retire(worker)
