@@ -456,12 +456,12 @@ def reading(a, rates, cpu, model, S1, K4) -> list[str]:
     return ["", f"Reading it ({model}, S={S1}, K={K4}; CPU from the table below): an update costs "
                 f"ps-trainer {ours[0]:.0f} CPU ms, (a) {store_[0]:.0f} and (b) {docs[0]:.0f}. Per update "
                 f"the shard does all of (a)'s work plus a read of the gradient (the finiteness check), "
-                f"Nesterov with weight decay and the Polyak lerp, and the snapshot's copy: on cores "
+                f"Nesterov with weight decay and the Polyak lerp (the same copies): on cores "
                 f"that are all busy, ps-trainer / (a) cannot pass {100 * store_[0] / ours[0]:.0f}% "
                 f"here. Against (b), ps-trainer spends {docs[0] / ours[0]:.1f}x less CPU per update, "
                 f"yet kept only {ours[1]:.2f} cores busy where (b) kept {docs[1]:.2f}. That fits the "
-                f"code: at S={S1}, every push's validation and update and every snapshot's "
-                f"copy run one at a time under its shard's lock, while (b)'s cost is spread over "
+                f"code: at S={S1}, every push's update and every snapshot's "
+                f"`ray.put` run one at a time under its shard's lock, while (b)'s cost is spread over "
                 f"its workers' deserialization and its server."]
 
 
@@ -474,9 +474,10 @@ def copies_table() -> str:
         "| path | gradient, worker -> server | weights, server -> worker | copies | other passes |",
         "| --- | --- | --- | ---: | --- |",
         "| ps-trainer | 1: Ray puts the argument into the store; the shard reads it there | "
-        "3: the snapshot `[weights \\| BN]` (assembled under the lock, in a buffer kept for the "
-        "next one), its `ray.put`, the worker's landing copy (`ray.get` is zero-copy) | 4 | validation (one read), Nesterov + "
-        "weight decay and the Polyak lerp (blocked, 2.6x a memcpy in all) |",
+        "2: the `ray.put` of `[weights \\| BN]` straight from the shard's storage, under its "
+        "lock (`ShardState.publication`), and the worker's landing copy (`ray.get` is zero-copy) "
+        "| 3 | validation (one read), Nesterov + weight decay and the Polyak lerp (blocked, "
+        "2.5x a memcpy in all) |",
         "| (a) object store | 1: the same put | 2: the sink's `ray.put`, the landing copy | 3 | none |",
         "| (b) Ray docs | 3: the worker's returned list put into the store, `np.stack`, "
         "`.sum(axis=0)` | 6: a tensor pickles as `torch.save` into a BytesIO, the pickled bytes "
