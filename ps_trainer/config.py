@@ -102,6 +102,10 @@ class TrainConfig:
                                "(Zheng et al.: 2 adaptive, 0.04 constant)")
     dc_adaptive: bool = _f(True, "dc_asgd: divide lambda by the root mean square of g (DC-ASGD-a)")
     dc_mean_square_decay: float = _f(0.95, "dc_asgd: decay m of the mean square of g")
+    dc_kernel: str = _f("auto", "dc_asgd: compiled (the whole push as one torch.compile'd loop, "
+                                "about the plain push's time; needs a C++ compiler, compiles "
+                                "once per shard process), eager (torch operations, ~3x), or auto "
+                                "(compiled for shards of 4M+ parameters where it builds)")
     # --- controlled staleness: injected delays (real runs and the simulator) ---------------------
     delay: str = _f("none", "extra delay per worker step: none, constant, uniform (on [0, 2 * "
                             "mean]) or exponential")
@@ -185,7 +189,7 @@ class TrainConfig:
                "augment": ("auto", "inception", "resnet", "pad_crop", "none"),
                "amp": ("auto", "bf16", "fp16", "off"), "channels_last": ("auto", "on", "off"),
                "prefetch": ("auto", "on", "off"), "exchange": ("on", "off"),
-               "push_dtype": ("float32", "bfloat16"), "lr_schedule": ("constant", "step"),
+               "push_dtype": ("float32", "bfloat16"), "dc_kernel": ("auto", "compiled", "eager"), "lr_schedule": ("constant", "step"),
                "device": ("auto", "cpu", "cuda"),
                # none + the kinds of worker/delays.py's DELAYS (settings may not import a worker)
                "delay": ("none", "constant", "uniform", "exponential")}
@@ -242,7 +246,8 @@ class TrainConfig:
                 "bounded": {"workers": self.workers, "bound": self.ssp_bound},
                 "sync": {"workers": self.workers, "backup": self.backup_workers},
                 "dc_asgd": {"lam": self.dc_lambda, "adaptive": self.dc_adaptive,
-                            "mean_square_decay": self.dc_mean_square_decay},
+                            "mean_square_decay": self.dc_mean_square_decay,
+                            "kernel": self.dc_kernel},
                 }.get(self.policy, {})
 
     def checkpoint_location(self) -> str:

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import dc_kernel
+
 APPLIED, SCALED, COMPENSATED, AGGREGATED, REJECTED = (
     "applied", "scaled", "compensated", "aggregated", "rejected")
 OUTCOMES = (APPLIED, SCALED, COMPENSATED, AGGREGATED, REJECTED)
@@ -164,12 +166,30 @@ class DelayCompensated(Policy):
     eps: float = 1e-7
     name = "dc_asgd"
     keeps_reads = True
+    # "compiled": the whole push as one torch.compile'd loop (dc_kernel.py); "eager": the torch
+    # operations below, block by block; "auto": compiled for shards of dc_kernel.MIN_SIZE
+    # parameters or more where it builds here, else eager.
+    kernel: str = "auto"
     # Elements per block of a compensated push (the shard's own `block`, 1M, if that is smaller).
     # The block's six arrays and two scratch blocks (1 MiB each here) stay in L3 between the
     # eight passes of `compensate` and the SGD kernel's and Polyak lerp's; 1M blocks fill the
     # 32 MiB L3, and the push took 3-17% longer (benchmarks/bench_shard_update.py).
     block = 1 << 18
     mean_square: torch.Tensor | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.kernel not in dc_kernel.KERNELS:
+            raise ValueError(f"--dc-kernel {self.kernel}: choose one of {', '.join(dc_kernel.KERNELS)}")
+        if self.kernel == "compiled" and dc_kernel.compiled() is None:
+            raise ValueError("--dc-kernel compiled: torch.compile cannot build the kernel here "
+                             "(it needs a C++ compiler); use auto or eager")
+
+    def compiled_push(self, n: int, momentum: float) -> bool:
+        """Does a compensated push of a shard of `n` parameters take the compiled kernel?
+        (Not without momentum: the eager SGD kernel leaves its buffer alone then.)"""
+        if self.kernel == "eager" or not momentum or (self.kernel == "auto" and n < dc_kernel.MIN_SIZE):
+            return False
+        return dc_kernel.compiled() is not None
 
     def running_mean_square(self, n: int) -> torch.Tensor | None:
         """The running mean square of g, (n,), made at the first push (adaptive), else None."""

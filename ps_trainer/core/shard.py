@@ -31,6 +31,7 @@ import warnings
 import numpy as np
 import torch
 
+from . import dc_kernel
 from .optim import BLOCK, NesterovMomentum
 from .policy import AGGREGATED, APPLIED, COMPENSATED, REJECTED, Async, Decision
 from .polyak import PolyakAverage
@@ -335,6 +336,15 @@ class ShardState:
         weight = self.averager.weight(self.version) if self.averager else 0.0
         n = self._w.shape[0]
         mean_square = self.policy.running_mean_square(n) if w_read is not None else None
+        opt = self.optimizer
+        if w_read is not None and self.policy.compiled_push(n, opt.momentum):
+            # DC-ASGD's whole push in one compiled loop (core/dc_kernel.py): no blocks needed
+            p = self.policy
+            dc_kernel.push(self._w, self._buf, self._avg, mean_square, g, w_read, lr=lr,
+                           weight=weight, lam=p.lam, decay=p.mean_square_decay, eps=p.eps,
+                           weight_decay=opt.weight_decay, momentum=opt.momentum,
+                           nesterov=opt.nesterov)
+            return
         block = self.block if w_read is None else min(self.block, self.policy.block)
         out, tmp = self._scratch()
         for start in range(0, n, block):
