@@ -31,6 +31,7 @@ Rounds alternate the systems (DDP, sync, async); the tables give medians over ro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -220,22 +221,99 @@ def _after_kill(run: Run, out: Path, t_kill: float, kill_after: float, hung: boo
 
 
 # ---- ps-train ------------------------------------------------------------------------------------
+class Observer(threading.Thread):
+    """An outside reader of a ps-train run's weights. It joins the run over `--serve-grpc`, as an
+    outside worker would, and every `every` s pulls the raw and the Polyak-averaged weights and
+    keeps a copy of each with the time its pull returned (so the weights existed by then).
+
+    They are evaluated after the run (`first_hit`), by ps-train's own `Evaluator`, so a time to
+    a target is as fine as `every`, and these evaluations take no CPU from training (as DDP's
+    evaluation pauses are left out of its times). The driver's own evaluations, beside the
+    workers at its --eval-every cadence, are only as fine as that cadence, and come later still
+    when an evaluation takes long (its next one waits 4x as long as it took)."""
+
+    def __init__(self, run_dir: Path, proc: subprocess.Popen, every: float):
+        super().__init__(daemon=True)
+        self.run_dir, self.proc, self.every = run_dir, proc, every
+        self.reads: list[tuple[float, bool, list]] = []  # (time, averaged, [(array, version)])
+        self.done = threading.Event()
+        self.error: str | None = None
+        self.start()
+
+    def run(self) -> None:
+        from ps_trainer.transport.grpc_client import GrpcClient
+
+        server, port = self.run_dir / "server.json", None
+        while port is None:  # the driver writes it once its gRPC server listens
+            try:
+                port = json.loads(server.read_text())["port"]
+            except (OSError, ValueError, KeyError):  # not there yet, or half written
+                if self.done.wait(0.05) or self.proc.poll() is not None:
+                    return
+        try:
+            with GrpcClient(f"127.0.0.1:{port}") as client:
+                while not self.done.is_set():
+                    for averaged in (False, True):
+                        snaps = client.pull(averaged=averaged)  # its buffers are reused: copy
+                        self.reads.append((time.time(), averaged,
+                                           [(a.copy(), v) for a, v in snaps]))
+                    self.done.wait(self.every)
+        except Exception as e:  # noqa: BLE001 - the run ends under it: keep what was read
+            if self.proc.poll() is None and not self.done.is_set():
+                self.error = f"{type(e).__name__}: {e}"
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+
+def first_hit(reads: list, settings: dict, target: float, averaged: bool) -> float:
+    """The time of the first of `reads` (an Observer's) of the raw (or the Polyak-averaged)
+    weights whose held-out top-1 reaches `target`, evaluated as the run's driver evaluates
+    (`Evaluator`: the pushed BatchNorm statistics for raw weights, re-estimated for averaged
+    ones); NaN if none does."""
+    from ps_trainer.config import TrainConfig
+    from ps_trainer.trainer.evaluate import Evaluator
+    from ps_trainer.trainer.plan import prepare
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    plan = prepare(TrainConfig(**{k: v for k, v in settings.items() if k in names}).validate())
+
+    class Replay:  # a PS client serving one recorded read of each weight set
+        snaps: dict = {}
+
+        def pull(self, averaged: bool = False, worker=None, clock: int = 0) -> list:
+            return self.snaps[averaged]
+
+    replay = Replay()
+    evaluator = Evaluator(plan, replay)
+    for t, avg, snaps in reads:
+        if avg == averaged:
+            replay.snaps = {False: snaps, True: snaps}
+            row = evaluator(0, 0.0)[1 if averaged else 0]
+            if row["top1"] >= target:
+                return t
+    return math.nan
+
+
 def run_ps(settings: dict, policy: str, out: Path, eval_every: float, target: float,
-           kill_after: float | None = None) -> Run:
-    """`ps-train` (the CLI's own entry point) in a subprocess; with `kill_after`, the newest
-    worker actor's process gets SIGKILL that many s after training starts."""
+           kill_after: float | None = None, observe: float = 0.1) -> Run:
+    """`ps-train` (the CLI's own entry point) in a subprocess, its weights read every `observe`
+    s by an `Observer`; with `kill_after`, the newest worker actor's process gets SIGKILL that
+    many s after training starts."""
     out.mkdir(parents=True)
     run_dir = out / "run"
     settings = dict(settings)
     eval_every = settings.pop("eval_every", eval_every)  # a system's own cadence
     args = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
     args += [f"--policy={policy}", f"--eval-every={eval_every}", "--no-progress",
-             f"--run-dir={run_dir}"]
+             f"--run-dir={run_dir}", "--serve-grpc=0"]  # 0: a free port, in run/server.json
     log = open(out / "log.txt", "w")
     t_launch = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "ps_trainer.cli", *args], env=ENV, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     cpu = CpuSampler([proc.pid])
+    observer = Observer(run_dir, proc, observe)
     victim = None
     try:
         if kill_after is not None:
@@ -252,6 +330,7 @@ def run_ps(settings: dict, policy: str, out: Path, eval_every: float, target: fl
         rc = proc.wait(RUN_TIMEOUT)
     finally:
         cpu.stop()
+        observer.stop()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -277,14 +356,14 @@ def run_ps(settings: dict, policy: str, out: Path, eval_every: float, target: fl
     run.compute = 1000 * float(np.median(compute))
     run.final, run.polyak = summary["raw"]["top1"], summary["polyak"]["top1"]
     raw = (evals["weights"] == "raw") & (evals["time"] >= first)
-    hit = np.flatnonzero(raw & (evals["top1"] >= target))
-    if hit.size:  # the steps pushed by the end of that evaluation (its `step` is the last drain's)
-        t = float(evals["time"][hit[0]])
+    if observer.error or not observer.reads:
+        raise RuntimeError(f"the observer of ps-train --policy {policy} read nothing: "
+                           f"{observer.error or 'no weights read'}")
+    t = first_hit(observer.reads, settings, target, averaged=False)
+    if t == t:  # the steps pushed by the time those weights were read
         run.to_target, run.steps_to_target = t - first, int((time_ <= t).sum())
-    averaged = np.flatnonzero((evals["weights"] == "polyak") & (evals["time"] >= first)
-                              & (evals["top1"] >= target))
-    if averaged.size:
-        run.polyak_to_target = float(evals["time"][averaged[0]]) - first
+    run.polyak_to_target = first_hit(observer.reads, settings, target, averaged=True) - first
+    run.notes["observed"] = len(observer.reads) / 2  # reads of each weight set
     starts = [start[worker == w].min() for w in np.unique(worker)]
     run.notes["start_skew"] = float(max(starts) - min(starts))  # s: the last worker's late start
     run.notes["evaluations"] = int(raw.sum())

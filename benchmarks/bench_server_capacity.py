@@ -84,21 +84,22 @@ def layout_of(model: str, smoke: bool) -> ParamLayout:
     return layout
 
 
-def touch_store(store: int, fill: float = 0.8, chunk: int = 64 << 20) -> float:
-    """Map most of the object store into this process, as a long run has: put (and hold) 64 MiB
-    chunks until `fill` of it is taken, then let them go. Returns the seconds it took.
+def touch_store(store: int, chunk: int = 64 << 20) -> float:
+    """Map the object store into this process, as a long run has: put and drop 64 MiB chunks, one
+    at a time, for the store's size in all (holding none: nothing is spilled). Returns seconds.
 
-    Why: the store's allocator walks on through its memory with every object (the object freed
-    last is not reused at once), so each process's first pass over the store page-faults every
-    4 KB page it writes: a 100 MB `ray.put` takes ~45 ms then, ~9 ms once that page is mapped.
-    A run reaches the steady state within its first minute; a 3 s cell would not."""
+    Why: the store's allocator moves on through its memory with every object (the object freed
+    last is not reused at once), so a process's first pass over the store page-faults every
+    4 KB page it writes: a 100 MB `ray.put` takes ~45 ms then, ~9 ms once those pages are
+    mapped. A run gets there within its first minute; a 3 s cell would not. (After this, about
+    one put in ten still faults: the allocator reaches memory the walk did not.)"""
     import ray
 
     t0 = time.perf_counter()
     block = np.ones(chunk // 4, np.float32)
-    refs = [ray.put(block) for _ in range(int(fill * store) // chunk)]
-    del refs
-    time.sleep(0.2)  # the chunks are freed asynchronously: let the store have them back
+    for _ in range(store // chunk):
+        ref = ray.put(block)
+        del ref
     return time.perf_counter() - t0
 
 
@@ -314,6 +315,7 @@ def main() -> None:
     phases: dict = defaultdict(list)  # (path, model, S, K) -> (pull, land, push) s per update
     cpu: dict = defaultdict(list)  # (path, model, S, K) -> {process group: CPU s per update}
     checks = []  # (cell, updates, [pushes each shard counted])
+    touched = False  # have the workers and the driver mapped the object store yet?
     for model in a.models:
         layout = layouts[model]
         grad = ray.put(np.full(layout.num_params, GRAD, np.float32))
@@ -339,11 +341,13 @@ def main() -> None:
             servers = {OURS: [pid_of(h) for h in shards], STORE: [pid_of(h) for h in sinks],
                        DOCS: [pid_of(h) for h in docs[:1]]}
             docs_pids = [pid_of(h) for h in docs[1:]]
-            # Warm-up, not counted: every process maps the object store (`touch_store`), one at
-            # a time, then the shards' first updates fault in their state.
-            for h in workers + shards + sinks + docs:
-                ray.get(h.__ray_call__.remote(lambda self, n: touch_store(n), store))
-            touch_store(store)
+            # Warm-up, not counted: every new process maps the object store (`touch_store`; the
+            # workers and the driver once), then the shards' first updates fault in their state.
+            fresh = shards + sinks + docs + ([] if touched else workers)
+            ray.get([h.__ray_call__.remote(lambda self, n: touch_store(n), store) for h in fresh])
+            if not touched:
+                touch_store(store)
+                touched = True
             for path in (OURS, STORE):
                 run_cell(path, shards if path == OURS else sinks, specs, workers[:max(a.workers)],
                          argparse.Namespace(seconds=0.0, min_updates=1), [], [])
