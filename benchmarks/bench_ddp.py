@@ -259,9 +259,8 @@ class Observer(threading.Thread):
                         self.reads.append((time.time(), averaged,
                                            [(a.copy(), v) for a, v in snaps]))
                     self.done.wait(self.every)
-        except Exception as e:  # noqa: BLE001 - the run ends under it: keep what was read
-            if self.proc.poll() is None and not self.done.is_set():
-                self.error = f"{type(e).__name__}: {e}"
+        except Exception as e:  # noqa: BLE001 - the run ended under it: keep what was read
+            self.error = f"{type(e).__name__}: {e}"
 
     def stop(self) -> None:
         self.done.set()
@@ -357,9 +356,9 @@ def run_ps(settings: dict, policy: str, out: Path, eval_every: float, target: fl
     run.compute = 1000 * float(np.median(compute))
     run.final, run.polyak = summary["raw"]["top1"], summary["polyak"]["top1"]
     raw = (evals["weights"] == "raw") & (evals["time"] >= first)
-    if observer.error or not observer.reads:
+    if not observer.reads:
         raise RuntimeError(f"the observer of ps-train --policy {policy} read nothing: "
-                           f"{observer.error or 'no weights read'}")
+                           f"{observer.error or 'no server.json'}")
     t = first_hit(observer.reads, settings, target, averaged=False)
     if t == t:  # the steps pushed by the time those weights were read
         run.to_target, run.steps_to_target = t - first, int((time_ <= t).sum())
