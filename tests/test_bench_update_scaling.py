@@ -232,20 +232,25 @@ def test_shard_update_benchmark_smoke_prints_the_ratios():
                 r"^\| ([^|]+?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| [\d.]+ \|$", out, re.M)}
     for name in ("memcpy (torch copy_)", "ShardState.push (validate + SGD + Polyak, blocked)",
                  "ShardState.push, in-place fallback kernel",
-                 "ShardState.push, DC-ASGD-a (compensate + SGD + Polyak, 256K blocks)",
-                 "ShardState.push, DC-ASGD-a in the plain push's 1M blocks",
+                 "ShardState.push, DC-ASGD-a, compiled kernel (one loop: compensate + SGD + Polyak)",
+                 "ShardState.push, DC-ASGD-a, eager kernel (compensate + SGD + Polyak, 256K blocks)",
+                 "ShardState.push, DC-ASGD-a, eager, in the plain push's 1M blocks",
                  "DC-ASGD-a push as before (eleven passes per 1M block)"):
         assert rows[name][0] > 0 and rows[name][2] > 0, name
     assert rows["memcpy (torch copy_)"][1] == 1.0
     push = re.search(r"\*\*Shard push = ([\d.]+)x memcpy\*\* \(CPU time; target: at most 2\.5x: "
                      r"(met|missed)", out)
     dc = re.search(r"\*\*DC-ASGD push = ([\d.]+)x the plain push\*\* \(CPU time; target: at most "
-                   r"2x: (met|missed); per round [\d.]+-[\d.]+x; wall [\d.]+x; in 1M blocks "
-                   r"[\d.]+x; as before [\d.]+x\)", out)
+                   r"2x: (met|missed); per round [\d.]+-[\d.]+x; wall [\d.]+x; compiling it "
+                   r"took [\d.]+ s, once\)\. The eager kernel: ([\d.]+)x \(per round "
+                   r"[\d.]+-[\d.]+x; in 1M blocks [\d.]+x; as before [\d.]+x\)", out)
     assert push and dc, out
     assert (push[2] == "met") == (float(push[1]) <= 2.5) and (dc[2] == "met") == (float(dc[1]) <= 2.0)
     plain = rows["ShardState.push (validate + SGD + Polyak, blocked)"]
     assert float(push[1]) == pytest.approx(plain[1], abs=0.011)
+    eager = rows["ShardState.push, DC-ASGD-a, eager kernel (compensate + SGD + Polyak, 256K blocks)"]
+    # the ratio of the two rows' CPU ms, which are rounded to 0.05 either way
+    assert (eager[0] - 0.05) / (plain[0] + 0.05) <= float(dc[3]) <= (eager[0] + 0.05) / (plain[0] - 0.05)
 
 
 def test_scaling_benchmark_smoke_prints_the_curve_and_the_shards_needed(tmp_path):
