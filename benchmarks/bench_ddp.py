@@ -297,23 +297,24 @@ def first_hit(reads: list, settings: dict, target: float, averaged: bool) -> flo
 
 
 def run_ps(settings: dict, policy: str, out: Path, eval_every: float, target: float,
-           kill_after: float | None = None, observe: float = OBSERVE) -> Run:
-    """`ps-train` (the CLI's own entry point) in a subprocess, its weights read every `observe`
-    s by an `Observer`; with `kill_after`, the newest worker actor's process gets SIGKILL that
-    many s after training starts."""
+           kill_after: float | None = None, observe: float | None = None) -> Run:
+    """`ps-train` (the CLI's own entry point) in a subprocess; with `observe`, its weights read
+    every `observe` s by an `Observer` for the times to the target (else those come from the
+    driver's own evaluations); with `kill_after`, the newest worker actor's process gets SIGKILL
+    that many s after training starts."""
     out.mkdir(parents=True)
     run_dir = out / "run"
     settings = dict(settings)
     eval_every = settings.pop("eval_every", eval_every)  # a system's own cadence
     args = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
     args += [f"--policy={policy}", f"--eval-every={eval_every}", "--no-progress",
-             f"--run-dir={run_dir}", "--serve-grpc=0"]  # 0: a free port, in run/server.json
+             f"--run-dir={run_dir}"] + (["--serve-grpc=0"] if observe else [])  # 0: a free port
     log = open(out / "log.txt", "w")
     t_launch = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "ps_trainer.cli", *args], env=ENV, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     cpu = CpuSampler([proc.pid])
-    observer = Observer(run_dir, proc, observe)
+    observer = Observer(run_dir, proc, observe) if observe else None
     victim = None
     try:
         if kill_after is not None:
@@ -330,7 +331,8 @@ def run_ps(settings: dict, policy: str, out: Path, eval_every: float, target: fl
         rc = proc.wait(RUN_TIMEOUT)
     finally:
         cpu.stop()
-        observer.stop()
+        if observer:
+            observer.stop()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -356,14 +358,22 @@ def run_ps(settings: dict, policy: str, out: Path, eval_every: float, target: fl
     run.compute = 1000 * float(np.median(compute))
     run.final, run.polyak = summary["raw"]["top1"], summary["polyak"]["top1"]
     raw = (evals["weights"] == "raw") & (evals["time"] >= first)
-    if not observer.reads:
-        raise RuntimeError(f"the observer of ps-train --policy {policy} read nothing: "
-                           f"{observer.error or 'no server.json'}")
-    t = first_hit(observer.reads, settings, target, averaged=False)
+    if observer:
+        if not observer.reads:
+            raise RuntimeError(f"the observer of ps-train --policy {policy} read nothing: "
+                               f"{observer.error or 'no server.json'}")
+        t = first_hit(observer.reads, settings, target, averaged=False)
+        t_avg = first_hit(observer.reads, settings, target, averaged=True)
+        run.notes["observed"] = len(observer.reads) / 2  # reads of each weight set
+    else:  # the driver's evaluations, each stamped with the time its weights were read
+        hit = np.flatnonzero(raw & (evals["top1"] >= target))
+        t = float(evals["time"][hit[0]]) if hit.size else math.nan
+        hit = np.flatnonzero((evals["weights"] == "polyak") & (evals["time"] >= first)
+                             & (evals["top1"] >= target))
+        t_avg = float(evals["time"][hit[0]]) if hit.size else math.nan
     if t == t:  # the steps pushed by the time those weights were read
         run.to_target, run.steps_to_target = t - first, int((time_ <= t).sum())
-    run.polyak_to_target = first_hit(observer.reads, settings, target, averaged=True) - first
-    run.notes["observed"] = len(observer.reads) / 2  # reads of each weight set
+    run.polyak_to_target = t_avg - first
     starts = [start[worker == w].min() for w in np.unique(worker)]
     run.notes["start_skew"] = float(max(starts) - min(starts))  # s: the last worker's late start
     run.notes["evaluations"] = int(raw.sum())
@@ -443,7 +453,7 @@ SYSTEMS = [("DDP (gloo)", "ddp", {}), ("ps-train sync", "sync", {}),
 
 def scenario(name: str, settings: dict, systems: list, tmp: Path, *, eval_steps: int,
              eval_every: float, target: float, rounds: int,
-             kill_after: dict | None = None, observe: float = OBSERVE) -> list[list[Run]]:
+             kill_after: dict | None = None, observe: float | None = None) -> list[list[Run]]:
     """`rounds` x every system (label, "ddp" or a policy, settings over `settings`), in turn;
     returns [system][round]."""
     runs: list[list[Run]] = [[] for _ in systems]
@@ -537,7 +547,7 @@ def even_digits(a, digits: dict, tmp: Path, per_epoch: int) -> tuple[list[str], 
                            {"ps_shards": a.compare_shards}),
                           ("ps-train async, --eval-every 3", "async", {"eval_every": 3.0})]
                          if a.compare_shards else [])
-    even = scenario("even", digits, systems, tmp, eval_steps=fine_steps(per_epoch), eval_every=1.0,
+    even = scenario("even", digits, systems, tmp, eval_steps=per_epoch, eval_every=1.0,
                     target=a.target, rounds=a.rounds)
     meds = [median_run(r) for r in even]
     ddp, sync, asyn = meds[:3]
@@ -608,7 +618,8 @@ def straggler_digits(a, digits: dict, tmp: Path) -> list[str]:
     k, slow = a.workers, a.straggler_slowdown
     fine = fine_steps(max(1, round(1438 / (a.batch_size * k))))
     runs = scenario("straggler", dict(digits, stragglers=1, straggler_slowdown=slow), SYSTEMS,
-                    tmp, eval_steps=fine, eval_every=1.0, target=a.target, rounds=a.rounds)
+                    tmp, eval_steps=fine, eval_every=1.0, target=a.target, rounds=a.rounds,
+                    observe=OBSERVE)
     ddp, sync, asyn = (median_run(r) for r in runs)
     t = f"{100 * a.target:g}%"
     period = lambda m: 1000 * m.training / (m.worker_steps / k)  # noqa: E731 - ms a step
@@ -628,7 +639,9 @@ def straggler_digits(a, digits: dict, tmp: Path) -> list[str]:
             f"weights {asyn.notes['staleness']:.1f} versions old on average. Time to {t}: async's "
             f"raw weights {_s(asyn.to_target)} s, {ahead(asyn.to_target)} DDP's "
             f"{_s(ddp.to_target)} s (its Polyak average {_s(asyn.polyak_to_target)} s, "
-            f"{ahead(asyn.polyak_to_target)} DDP); sync {_s(sync.to_target)} s. Every worker does "
+            f"{ahead(asyn.polyak_to_target)} DDP); sync {_s(sync.to_target)} s (ps-train's "
+            f"weights read every {OBSERVE:g} s over gRPC, each read a pull that takes CPU from "
+            f"the run: it counts against ps-train). Every worker does "
             f"the same number of steps (its share of the epochs), so every run ends when the "
             f"straggler has done its own: training time DDP {ddp.training:.1f} s, sync "
             f"{sync.training:.1f} s, async {asyn.training:.1f} s.", ""]
@@ -658,13 +671,12 @@ def cifar(a, common: dict, tmp: Path) -> list[str]:
     steps = max(1, round(a.cifar_images / (a.batch_size * a.workers) / 2))
     print(f"resnet20, synthetic CIFAR-size data, {a.cifar_epochs:g} epochs", flush=True)
     runs = scenario("cifar", settings, SYSTEMS, tmp, eval_steps=steps, eval_every=5.0,
-                    target=a.cifar_target, rounds=a.cifar_rounds, observe=1.0)
+                    target=a.cifar_target, rounds=a.cifar_rounds)
     ddp, sync, asyn = (median_run(r) for r in runs)
     return table(f"resnet20 on synthetic CIFAR-size data ({a.cifar_images} training and 512 "
                  f"held-out 32x32x3 images, 10 classes; see `synthetic_cifar`), "
                  f"{a.cifar_epochs:g} epochs, {a.workers} even workers, lr {a.cifar_lr}; DDP "
-                 f"evaluates every half epoch ({steps} steps), ps-train's driver every 5 s and its "
-                 f"weights are read every 1 s; "
+                 f"evaluates every half epoch ({steps} steps), ps-train every 5 s; "
                  f"{a.cifar_rounds} round(s)", runs, a.cifar_target) + [
         "", "Where the CPU goes (ms per worker step):", ""] + cpu_table(runs) + [
         "", f"resnet20's forward/backward is {ddp.compute:.0f} ms a step here (DDP, all-reduce "
@@ -722,14 +734,16 @@ def main() -> None:
              f"DDP processes, 1 torch thread each; batch {a.batch_size} per worker, lr {a.lr}, "
              f"Nesterov momentum 0.9, weight decay 5e-4, seed 0; ps-train with {a.ps_shards} "
              f"shard(s), through its CLI. Training time runs from the first step to the last; "
-             f"DDP's excludes the pauses of its evaluations (rank 0), ps-train's includes its driver's (raw and Polyak weights, every second, "
-             f"beside the workers). Worker steps count all workers; accuracies are on the "
-             f"held-out split. Times to a target: DDP evaluates every {fine_steps(per_epoch)} "
-             f"steps (its pauses left out); ps-train's raw and Polyak weights are read every "
-             f"{OBSERVE:g} s by an outside reader over `--serve-grpc` (bench_ddp.Observer) and "
-             f"evaluated after the run by ps-train's own evaluation code, each at the time its "
-             f"read returned; its steps to a target are those pushed by then. Medians of "
-             f"{a.rounds} alternating round(s).", ""]
+             f"DDP's excludes the pauses of its evaluations (rank 0, every epoch: {per_epoch} "
+             f"steps, unless a table says otherwise), ps-train's includes its driver's (raw and "
+             f"Polyak weights, every second, beside the workers). Worker steps count all "
+             f"workers; accuracies are on the held-out split. ps-train's times to a target come "
+             f"from its driver's evaluations (each stamped with the time its weights were read: "
+             f"only as fine as the evaluation interval) except in the straggler scenario, where "
+             f"an outside reader (bench_ddp.Observer) reads the raw and Polyak weights every "
+             f"{OBSERVE:g} s over `--serve-grpc` and they are evaluated after the run by "
+             f"ps-train's own evaluation code. Its steps to a target are those pushed by the time "
+             f"the weights were read. Medians of {a.rounds} alternating round(s).", ""]
     try:
         print(f"digits, {a.epochs:g} epochs, {k} workers (runs in {tmp})", flush=True)
         more, meds = even_digits(a, digits, tmp, per_epoch)

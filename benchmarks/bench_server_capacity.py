@@ -393,7 +393,9 @@ def report(a, layouts, model_bytes, rates, phases, cpu, checks, store, need, ava
     lines = [f"Machine: {machine()}, ray {__import__('ray').__version__}, {time.strftime('%Y-%m-%d')}; "
              f"load average (1 min) {loads[0][0]:.2f} before, {loads[1][0]:.2f} after. "
              f"{a.seconds:g} s per cell (at least {a.min_updates} updates per worker), "
-             f"{a.rounds} rounds in rotating order, medians over rounds. Object store "
+             f"{a.rounds} rounds in rotating order, medians over rounds; every process mapped "
+             f"the object store before its first cell (`touch_store`), as a run past its first "
+             f"minute has. Object store "
              f"{store / 2**30:.1f} GiB for at most {need / 2**30:.1f} GiB in use at once"
              f"{' (bounded to 40% of the memory available: Ray spills the rest to disk)' if store < need else ''}; "
              f"{avail / 2**30:.1f} GiB were available.", "",
