@@ -10,7 +10,7 @@ reads the very same snapshot objects (the shards' references) with one `ray.get`
 into a flat numpy buffer of the model's size: the least any pull could do.
 
 The shards' weights do not move here, so every pull is served from the published snapshot; the
-cost of publishing one (the concatenation and `ray.put` after a push) is the server's, measured in
+cost of publishing one (its `ray.put` after a push) is the server's, measured in
 bench_server_capacity.py. Each round times both sides for every S, back to back, in an order that
 rotates from round to round; the report gives medians and the median (with quartiles) of each
 round's own ratio.
