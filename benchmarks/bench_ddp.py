@@ -227,7 +227,7 @@ class Observer(threading.Thread):
     outside worker would, and every `every` s pulls the raw and the Polyak-averaged weights and
     keeps a copy of each with the time its pull returned (so the weights existed by then).
 
-    They are evaluated after the run (`first_hit`), by ps-train's own `Evaluator`, so a time to
+    They are evaluated after the run (`first_hits`), by ps-train's own `Evaluator`, so a time to
     a target is as fine as `every`, and these evaluations take no CPU from training (as DDP's
     evaluation pauses are left out of its times). The driver's own evaluations, beside the
     workers at its --eval-every cadence, are only as fine as that cadence, and come later still
@@ -267,11 +267,11 @@ class Observer(threading.Thread):
         self.join()
 
 
-def first_hit(reads: list, settings: dict, target: float, averaged: bool) -> float:
-    """The time of the first of `reads` (an Observer's) of the raw (or the Polyak-averaged)
-    weights whose held-out top-1 reaches `target`, evaluated as the run's driver evaluates
-    (`Evaluator`: the pushed BatchNorm statistics for raw weights, re-estimated for averaged
-    ones); NaN if none does."""
+def first_hits(reads: list, settings: dict, target: float) -> tuple[float, float]:
+    """The times of the first of `reads` (an Observer's, a raw and a Polyak-averaged read in
+    turn) whose held-out top-1 reaches `target`: (raw, averaged), NaN where none does. Evaluated
+    as the run's driver evaluates (`Evaluator`: the pushed BatchNorm statistics for raw weights,
+    re-estimated for averaged ones), both weight sets of a pair in one call."""
     from ps_trainer.config import TrainConfig
     from ps_trainer.trainer.evaluate import Evaluator
     from ps_trainer.trainer.plan import prepare
@@ -287,13 +287,15 @@ def first_hit(reads: list, settings: dict, target: float, averaged: bool) -> flo
 
     replay = Replay()
     evaluator = Evaluator(plan, replay)
-    for t, avg, snaps in reads:
-        if avg == averaged:
-            replay.snaps = {False: snaps, True: snaps}
-            row = evaluator(0, 0.0)[1 if averaged else 0]
-            if row["top1"] >= target:
-                return t
-    return math.nan
+    hits = [math.nan, math.nan]  # raw, averaged
+    for (t_raw, _, raw), (t_avg, _, avg) in zip(reads[0::2], reads[1::2]):
+        replay.snaps = {False: raw, True: avg}
+        for k, (row, t) in enumerate(zip(evaluator(0, 0.0), (t_raw, t_avg))):
+            if hits[k] != hits[k] and row["top1"] >= target:
+                hits[k] = t
+        if hits[0] == hits[0] and hits[1] == hits[1]:
+            break
+    return hits[0], hits[1]
 
 
 def run_ps(settings: dict, policy: str, out: Path, eval_every: float, target: float,
@@ -362,8 +364,7 @@ def run_ps(settings: dict, policy: str, out: Path, eval_every: float, target: fl
         if not observer.reads:
             raise RuntimeError(f"the observer of ps-train --policy {policy} read nothing: "
                                f"{observer.error or 'no server.json'}")
-        t = first_hit(observer.reads, settings, target, averaged=False)
-        t_avg = first_hit(observer.reads, settings, target, averaged=True)
+        t, t_avg = first_hits(observer.reads, settings, target)
         run.notes["observed"] = len(observer.reads) / 2  # reads of each weight set
     else:  # the driver's evaluations, each stamped with the time its weights were read
         hit = np.flatnonzero(raw & (evals["top1"] >= target))

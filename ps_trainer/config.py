@@ -189,7 +189,8 @@ class TrainConfig:
                "augment": ("auto", "inception", "resnet", "pad_crop", "none"),
                "amp": ("auto", "bf16", "fp16", "off"), "channels_last": ("auto", "on", "off"),
                "prefetch": ("auto", "on", "off"), "exchange": ("on", "off"),
-               "push_dtype": ("float32", "bfloat16"), "dc_kernel": ("auto", "compiled", "eager"), "lr_schedule": ("constant", "step"),
+               "push_dtype": ("float32", "bfloat16"), "lr_schedule": ("constant", "step"),
+               "dc_kernel": ("auto", "compiled", "eager"),
                "device": ("auto", "cpu", "cuda"),
                # none + the kinds of worker/delays.py's DELAYS (settings may not import a worker)
                "delay": ("none", "constant", "uniform", "exponential")}
