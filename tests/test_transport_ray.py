@@ -5,7 +5,7 @@ import pytest
 
 from ps_trainer.core import LRSchedule, NesterovMomentum, PolyakAverage
 from ps_trainer.core.policy import Async
-from ps_trainer.transport.ray_shard import INLINE_BYTES, ParameterServerShard, RayClient
+from ps_trainer.transport.ray_shard import INLINE_BYTES, ParameterServerShard, Push, RayClient
 
 
 def make(ray, n=1000, publish_every=1, index=0):
@@ -76,7 +76,7 @@ def test_bad_pushes_through_ray_are_rejected_and_counted(ray_local):
     bad = [client.push(1, np.ones(11, np.float32), 0, 5, None),
            client.push(1, good.astype(np.float64), 0, 5, None),
            client.push(1, np.full(10, np.nan, np.float32), 0, 5, None),
-           shard.push.remote(good, 0, 5, None, 0)]  # addressed to shard 0
+           shard.push.remote(Push(good, 0, 5, None, 0))]  # addressed to shard 0
     results = client.results(bad)
     assert [r.outcome for r in results] == ["rejected"] * 4
     stats = ray.get(shard.stats.remote())
@@ -112,7 +112,7 @@ def test_a_restarted_shard_learns_which_workers_finished_since_its_checkpoint(
     assert ray.get(shard.recovery.remote()) is None  # the first incarnation: nothing to recover
     g = np.ones(10, np.float32)
     for v in range(2):
-        assert ray.get(shard.push.remote(g, v, 0, None, 0)).outcome == "applied"
+        assert ray.get(shard.push.remote(Push(g, v, 0, None, 0))).outcome == "applied"
     ray.get(shard.retire.remote(1))  # worker 1 finished
     assert ray.get(shard.pull.remote(worker=0, clock=2, timeout=0.5)) is not None
     pid = ray.get(shard.__ray_call__.remote(lambda self: os.getpid()))

@@ -98,7 +98,9 @@ class RayBackend:
     def __init__(self, actors: list):
         import ray
 
-        self.ray = ray
+        from .ray_shard import Push
+
+        self.ray, self.Push = ray, Push
         self.actors = actors
         self._sizes = ray.get([a.__ray_call__.remote(_actor_sizes) for a in actors])
 
@@ -119,8 +121,8 @@ class RayBackend:
              bn_stats: np.ndarray | None) -> PushResult:
         # `.remote` serializes the arrays into the object store before it returns, so the
         # caller may reuse its buffers as soon as this returns.
-        return self.ray.get(self.actors[shard].push.remote(grad, version_read, worker, bn_stats,
-                                                           shard))
+        return self.ray.get(self.actors[shard].push.remote(self.Push(grad, version_read, worker,
+                                                                bn_stats, shard)))
 
     def reject(self, shard: int, worker: int, reason: str) -> PushResult:
         return self.ray.get(self.actors[shard].__ray_call__.remote(_actor_reject, worker, reason))
