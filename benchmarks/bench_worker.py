@@ -108,6 +108,49 @@ def ps_worker(model_name: str, batch: int, steps: int, threads: int, mode: str) 
 CPU_MS: dict = {m: [] for m in MODES}  # per mode, per run: CPU ms per step of each process, median compute
 
 
+def call_cost(model_name: str, calls: int, rounds: int) -> dict[str, tuple[float, float]]:
+    """One push's Ray call to a real shard actor, with the model's gradient: as one `Push` object
+    (what RayClient sends) and as six arguments (what it sent before), interleaved. Per form:
+    (median round trip ms, median caller CPU ms per call: `.remote()`, which holds the worker's
+    GIL)."""
+    import ray
+
+    from ps_trainer.core import LRSchedule, NesterovMomentum, PolyakAverage
+    from ps_trainer.core.policy import Async
+    from ps_trainer.transport.ray_shard import ParameterServerShard, Push
+
+    class SixArguments(ParameterServerShard):
+        def push_arguments(self, grad, version_read, worker, bn_stats, shard, clock):
+            return self.push(Push(grad, version_read, worker, bn_stats, shard, clock))
+
+    from ps_trainer.core import FlatModel
+
+    flat = FlatModel(build(model_name, num_classes=10, in_channels=SIZES[model_name][0]))
+    P, B = flat.params.numel(), flat.buffers.numel()
+    shard = ray.remote(SixArguments).options(num_cpus=0).remote(
+        0, np.zeros(P, np.float32), np.zeros(B, np.float32),
+        optimizer=NesterovMomentum(0.9, 5e-4), schedule=LRSchedule(1e-6), policy=Async(),
+        averager=PolyakAverage(0.99))
+    g, bn = np.zeros(P, np.float32), np.zeros(B, np.float32)
+    forms = {"one Push object": lambda: shard.push.remote(Push(g, 0, 0, bn, 0, 1)),
+             "six arguments": lambda: shard.push_arguments.remote(g, 0, 0, bn, 0, 1)}
+    out: dict = {k: ([], []) for k in forms}
+    for f in forms.values():
+        ray.get(f())
+    for _ in range(rounds):
+        for k, f in forms.items():
+            t0, cpu = time.perf_counter(), 0.0
+            for _ in range(calls):
+                c0 = time.thread_time()
+                ref = f()
+                cpu += time.thread_time() - c0
+                ray.get(ref)
+            out[k][0].append(1000 * (time.perf_counter() - t0) / calls)
+            out[k][1].append(1000 * cpu / calls)
+    ray.kill(shard)
+    return {k: (statistics.median(rt), statistics.median(c)) for k, (rt, c) in out.items()}
+
+
 def _cpu(pid) -> float:
     """CPU seconds (user + system) a process has used; its threads included."""
     if pid is None:
@@ -180,6 +223,14 @@ def main() -> None:
                          f"comm thread's Ray calls and Ray's own threads, beside the training "
                          f"thread and holding the GIL in turn with it); the shard "
                          f"{pre['shard']:.2f} ms ({sep['shard']:.2f} with separate calls).")
+    if "digits_cnn" in a.models:
+        calls = call_cost("digits_cnn", 20 if a.smoke else 300, a.rounds + 2)
+        lines += ["", "One push's Ray call to a shard actor (digits_cnn's gradient, 226 KB), "
+                  "interleaved rounds, medians: as the one `Push` object RayClient sends, and as "
+                  "six arguments (what it sent before; Ray serializes each argument on its own).",
+                  "", "| push sent as | round trip, ms | caller CPU per call, ms |",
+                  "| --- | ---: | ---: |"]
+        lines += [f"| {k} | {rt:.2f} | {c:.3f} |" for k, (rt, c) in calls.items()]
     text = "\n".join(lines)
     print(text)
     if not a.no_write:

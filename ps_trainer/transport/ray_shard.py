@@ -45,9 +45,9 @@ class Push:
     """One gradient on its way to a shard: `ShardState.push`'s arguments as one object, plus the
     pushing worker's clock (its pushes, this one included) for the pull an exchange answers with.
 
-    One object because Ray serializes every argument of a call on its own: a digits_cnn push as
-    one argument instead of six took its round trip from 1.5 to 1.1 ms, and the caller's CPU
-    (which holds the worker's GIL) from 0.35 to 0.21 ms (benchmarks/bench_worker.py)."""
+    One object because Ray serializes every argument of a call on its own: sent as one argument
+    instead of six, a digits_cnn push's round trip took 5-10% less time, and the caller's CPU
+    (which holds the worker's GIL) 7-20% less (benchmarks/bench_worker.py, `call_cost`)."""
     grad: np.ndarray
     version_read: int
     worker: int
