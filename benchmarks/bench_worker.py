@@ -1,10 +1,13 @@
-"""One worker's images/s against a plain PyTorch training loop (issue 2's target: at least 85%).
+"""One worker's images/s against a plain PyTorch training loop (issue 13's target: at least 90%).
 
 Same model, batch size, data and torch thread count. The baseline is the pytorch/examples loop:
 forward, backward, `torch.optim.SGD(nesterov=True).step()`, in one process. The worker is the real
 thing: a `WorkerActor` in its own Ray process pulling from and pushing to a real
-`ParameterServerShard` actor (which applies the update in its own process). Rounds alternate
-baseline and worker; the medians are reported.
+`ParameterServerShard` actor (which applies the update in its own process), in each of three
+modes (separate pull and push, exchange, exchange + prefetch), its actors started once. A round
+times the baseline and every mode once, in an order that rotates from round to round; the
+medians over rounds are reported, and the median of each round's own ratio (load drift on this
+kind of machine moves single runs by more than 10%).
 
     python benchmarks/bench_worker.py [--models resnet20 digits_cnn] [--steps 40] [--rounds 3]
 """
@@ -69,39 +72,52 @@ MODES = {"separate": dict(prefetch=False, exchange="off"),  # a pull and a push 
          "exchange + prefetch": dict(prefetch=True, exchange="on")}
 
 
-def ps_worker(model_name: str, batch: int, steps: int, threads: int, mode: str) -> float:
-    import ray
+class PsWorker:
+    """One mode's real worker and shard actors, started once and timed round after round (so a
+    round times the steady state, not the actors' start)."""
 
-    import tempfile
+    def __init__(self, model_name: str, batch: int, threads: int, mode: str):
+        import ray
+        import tempfile
 
-    cfg = TrainConfig(model=model_name, workers=1, ps_shards=1, batch_size=batch,
-                      threads_per_worker=threads, progress=False, **MODES[mode],
-                      run_dir=tempfile.mkdtemp(prefix="bench-worker-")).validate()
-    plan = prepare(cfg)
-    x, y = data_for(model_name)
-    plan.data.x_train, plan.data.y_train = x, y.astype(np.int64)
-    plan.image_size = x.shape[-1]
-    plan.in_channels = x.shape[1]
-    resources = ResourcePlan(0.5, 0.0, 0.5, "cpu")
-    initial_checkpoint(plan)  # every shard loads its slice of the latest checkpoint
-    shards = make_shards(plan, resources)
-    (worker,) = make_workers(plan, shards, resources)
-    try:
-        ray.get(worker.run.remote(3))  # warm-up: first pulls, allocations
-        pids = {name: ray.get(a.__ray_call__.remote(lambda self: os.getpid()))
-                for name, a in (("worker", worker), ("shard", shards[0]))}
-        pids["raylet"] = next((p.pid for p in psutil.process_iter(["name"])
-                               if p.info["name"] == "raylet"), None)
-        before = {k: _cpu(pid) for k, pid in pids.items()}
-        ray.get(worker.drain.remote())
-        out = ray.get(worker.run.remote(steps))
-        CPU_MS[mode].append({k: 1000 * (_cpu(pid) - before[k]) / steps
-                                 for k, pid in pids.items()})
-        rows, _ = ray.get(worker.drain.remote())
-        CPU_MS[mode][-1]["compute"] = 1000 * statistics.median(r["compute"] for r in rows)
-        return steps * batch / out["seconds"]
-    finally:
-        for a in shards + [worker]:
+        self.mode, self.batch = mode, batch
+        cfg = TrainConfig(model=model_name, workers=1, ps_shards=1, batch_size=batch,
+                          threads_per_worker=threads, progress=False, **MODES[mode],
+                          run_dir=tempfile.mkdtemp(prefix="bench-worker-")).validate()
+        plan = prepare(cfg)
+        x, y = data_for(model_name)
+        plan.data.x_train, plan.data.y_train = x, y.astype(np.int64)
+        plan.image_size = x.shape[-1]
+        plan.in_channels = x.shape[1]
+        # The three modes' actors live side by side (idle but one at a time): small CPU requests,
+        # so that they all fit on 2 cores (Ray would hold an actor that does not fit forever).
+        resources = ResourcePlan(0.1, 0.0, 0.1, "cpu")
+        initial_checkpoint(plan)  # every shard loads its slice of the latest checkpoint
+        self.shards = make_shards(plan, resources)
+        (self.worker,) = make_workers(plan, self.shards, resources)
+        ray.get(self.worker.run.remote(3))  # warm-up: first pulls, allocations
+        self.pids = {name: ray.get(a.__ray_call__.remote(lambda self: os.getpid()))
+                     for name, a in (("worker", self.worker), ("shard", self.shards[0]))}
+        self.pids["raylet"] = next((p.pid for p in psutil.process_iter(["name"])
+                                    if p.info["name"] == "raylet"), None)
+
+    def run(self, steps: int) -> float:
+        """Images/s over `steps` steps; their CPU per step goes to CPU_MS."""
+        import ray
+
+        ray.get(self.worker.drain.remote())
+        before = {k: _cpu(pid) for k, pid in self.pids.items()}
+        out = ray.get(self.worker.run.remote(steps))
+        CPU_MS[self.mode].append({k: 1000 * (_cpu(pid) - before[k]) / steps
+                                  for k, pid in self.pids.items()})
+        rows, _ = ray.get(self.worker.drain.remote())
+        CPU_MS[self.mode][-1]["compute"] = 1000 * statistics.median(r["compute"] for r in rows)
+        return steps * self.batch / out["seconds"]
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.shards + [self.worker]:
             ray.kill(a)
 
 
@@ -176,27 +192,44 @@ def main() -> None:
     load = os.getloadavg()[0]
     start_ray(None)
     lines = [f"Machine: {machine()}; {a.threads} torch thread(s) per process; batch {a.batch_size}; "
-             f"{a.steps} timed steps per round, {a.rounds} alternating rounds, medians; load "
+             f"{a.steps} timed steps per round, {a.rounds} rounds (each times the plain loop and "
+             f"every mode once, in an order that rotates; the actors start once), medians; load "
              f"average (1 min) {load:.2f} at the start.", "",
              "| model | plain PyTorch loop, img/s | worker, pull + push (--exchange off), img/s "
              "| ratio | worker, one exchange per step (default), img/s | ratio "
              "| exchange + --prefetch, img/s | ratio |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     cpu: dict = {}
+    per_round: dict = {}
     for m in a.models:
         base, ours = [], {mode: [] for mode in MODES}
-        for _ in range(a.rounds):
-            base.append(plain_loop(m, a.batch_size, a.steps, a.threads))
-            for mode in MODES:
-                ours[mode].append(ps_worker(m, a.batch_size, a.steps, a.threads, mode))
+        sides = {mode: PsWorker(m, a.batch_size, a.threads, mode) for mode in MODES}
+        names = ["plain", *MODES]
+        try:
+            for r in range(a.rounds):
+                for k in names[r % len(names):] + names[:r % len(names)]:  # the order rotates
+                    if k == "plain":
+                        base.append(plain_loop(m, a.batch_size, a.steps, a.threads))
+                    else:
+                        ours[k].append(sides[k].run(a.steps))
+        finally:
+            for side in sides.values():
+                side.close()
         b = statistics.median(base)
         cells = [f"{o:.0f} | {100 * o / b:.0f}%"
                  for o in (statistics.median(ours[mode]) for mode in MODES)]
         lines.append(f"| {m} | {b:.0f} | {' | '.join(cells)} |")
         print(lines[-1], flush=True)
+        per_round[m] = {mode: [o / p for o, p in zip(ours[mode], base)] for mode in MODES}
         for mode in MODES:
             runs = CPU_MS[mode][-a.rounds:]
             cpu[(m, mode)] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    lines += ["", "Each round's own ratio (the worker's images/s over the plain loop's in the same "
+              "round), median (quartiles):", ""]
+    for m, modes in per_round.items():
+        lines.append(f"- {m}: " + "; ".join(
+            f"{mode} {100 * np.median(r):.0f}% ({100 * np.percentile(r, 25):.0f}-"
+            f"{100 * np.percentile(r, 75):.0f}%)" for mode, r in modes.items()))
     lines += ["", "Target (issue 13): the worker at least 90% of the plain loop on the same model, "
               "batch and threads.", "",
               "Where the time goes: CPU milliseconds per step (user + system, medians over the "
