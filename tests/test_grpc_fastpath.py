@@ -14,7 +14,8 @@ from ps_trainer.transport import grpc_server
 from ps_trainer.transport.grpc_backend import LocalBackend
 from ps_trainer.transport.grpc_client import GrpcClient, GrpcError, parse_target
 from ps_trainer.transport.grpc_server import serve
-from ps_trainer.transport.grpc_wire import ModelInfo, tune_malloc
+from ps_trainer.core.malloc import tune_malloc
+from ps_trainer.transport.grpc_wire import ModelInfo
 
 N, B = 1000, 6  # parameters and BatchNorm statistics: (N + B) * 4 = 4024 bytes
 CHUNK = 1024  # bytes per chunk: 4 chunks a pull

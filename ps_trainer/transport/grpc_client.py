@@ -24,12 +24,13 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from ..core.malloc import tune_malloc
 from ..core.shard import PushResult
 from ..v1 import parameter_server_pb2 as pb
 from ..v1 import parameter_server_pb2_grpc as pb_grpc
 from .grpc_wire import (CHUNK_BYTES, RESULT_TRAILER, SERVICE, TOKEN_HEADER, Assembler,
                         ServerLayout, WireError, chunks, decode_chunk_stream,
-                        result_from_proto, tune_malloc, wire_dtype)
+                        result_from_proto, wire_dtype)
 
 
 class GrpcError(RuntimeError):
@@ -78,7 +79,7 @@ class GrpcClient:
     given, must match it. TLS with `root_certificates` (PEM bytes; a grpcs:// target uses the
     system's), mutual TLS with `private_key` and `certificate_chain` too. `unix:PATH`: a server's
     Unix domain socket (`serve(unix_socket=PATH)`) on this machine. `options`: gRPC channel
-    arguments; `chunk_bytes`: bytes per pushed chunk; `malloc_tuning`: `grpc_wire.tune_malloc`."""
+    arguments; `chunk_bytes`: bytes per pushed chunk; `malloc_tuning`: `core.malloc.tune_malloc`."""
 
     def __init__(self, target: str, token: str | None = None,
                  root_certificates: bytes | None = None, *, private_key: bytes | None = None,

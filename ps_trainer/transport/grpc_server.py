@@ -34,11 +34,12 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ..core.malloc import tune_malloc
 from ..core.shard import PushResult
 from ..v1 import parameter_server_pb2 as pb
 from .grpc_wire import (CHUNK_BYTES, RESULT_TRAILER, SERVICE, TOKEN_HEADER,
                         WIRE_DTYPES, Assembler, ModelInfo, ServerLayout, WireError,
-                        decode_chunk_stream, encode_chunk, result_to_proto, tune_malloc)
+                        decode_chunk_stream, encode_chunk, result_to_proto)
 
 log = logging.getLogger(__name__)
 
@@ -400,7 +401,7 @@ def serve(backend, info: ModelInfo, port: int = 0, host: str = "127.0.0.1", *,
     `unix_socket`: a path to listen on as well, for workers on this machine (`unix:PATH`; the
     socket file is its owner's only, mode 0755, and removed when the server stops; same TLS and
     token as the TCP port). `options`: gRPC server channel arguments. `malloc_tuning`: keep freed
-    message memory for reuse (`grpc_wire.tune_malloc`, process-wide)."""
+    message memory for reuse (`core.malloc.tune_malloc`, process-wide)."""
     if not _is_loopback(host) and tls is None and not insecure:
         raise ValueError(f"refusing to serve on {host!r} without TLS: anyone who can reach it "
                          f"could push gradients; give a certificate and key (--tls-cert, "

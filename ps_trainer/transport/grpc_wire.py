@@ -17,9 +17,6 @@ copies of 100 MB that building and parsing protobuf `bytes` fields cost in Pytho
 
 from __future__ import annotations
 
-import ctypes
-import sys
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,39 +31,6 @@ SERVICE = "ps_trainer.v1.ParameterServerService"
 CHUNK_BYTES = 1 << 20  # bytes of tensor data per message: well under gRPC's 4 MiB default limit
 TOKEN_HEADER = "authorization"  # metadata key; the value is "Bearer <token>"
 RESULT_TRAILER = "ps-push-result-bin"  # trailing metadata of a failed push the shard recorded
-
-# ---- the allocator --------------------------------------------------------------------------
-# Python's gRPC allocates every message it sends and receives afresh (the serialized bytes, its
-# slices, the received bytes): ~1 MiB objects, 100 of them per 100 MB shard each way. glibc's
-# default hands the freed pages back to the kernel (it trims the heap top beyond ~2x the largest
-# recent block and mmaps blocks above its threshold), so the next message faults them in again:
-# measured here, a third of a pull's or push's time. Keeping freed memory in the heap (messages
-# below the mmap threshold, trimming only beyond TRIM_BYTES of free top) reuses warm pages.
-MMAP_THRESHOLD_BYTES = 16 << 20  # blocks below this come from the heap (chunks are <= 4 MiB)
-TRIM_BYTES = 128 << 20  # free heap top kept before it is returned to the kernel
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-_tuned: bool | None = None
-_tune_lock = threading.Lock()
-
-
-def tune_malloc() -> bool:
-    """Make glibc keep freed message memory for reuse (process-wide, once; see above). True if
-    the allocator is glibc's and took the settings; elsewhere a no-op returning False."""
-    global _tuned
-    with _tune_lock:
-        if _tuned is None:
-            _tuned = False
-            if sys.platform.startswith("linux"):
-                try:
-                    libc = ctypes.CDLL(None)
-                    mallopt = libc.mallopt
-                    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-                    _tuned = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and \
-                        bool(mallopt(_M_TRIM_THRESHOLD, TRIM_BYTES))
-                except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-                    _tuned = False
-        return _tuned
-
 
 # ---- dtypes and outcomes ----------------------------------------------------------------------
 # numpy has no bfloat16: its 16-bit patterns travel (and are held) as uint16, see core/shard.py.

@@ -15,6 +15,7 @@ import time
 import torch
 
 from ..core.layout import FlatModel, ShardSpec
+from ..core.malloc import tune_malloc
 from ..data.stream import open_batches
 from ..models import build
 from ..transport.ray_shard import RayClient, Stopped
@@ -26,6 +27,7 @@ class WorkerActor:
                  shards: list, specs: list[ShardSpec], data: dict, *, batch_size: int, seed: int,
                  device: str, threads: int, options: dict, crash_at: int = 0, loader: int = 0):
         torch.set_num_threads(threads)
+        tune_malloc()  # a step frees and allocates the same tensors: keep their pages (malloc.py)
         torch.manual_seed(seed * 1000 + worker_id)
         model = build(model_name, num_classes=num_classes, in_channels=in_channels)
         dev = "cuda" if device == "cuda" else "cpu"
