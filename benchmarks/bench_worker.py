@@ -127,7 +127,6 @@ class TunedPlainLoop:
     def __init__(self):
         from ps_trainer.core.malloc import tune_malloc
 
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         tune_malloc()
 
     def run(self, model_name: str, batch: int, steps: int, threads: int) -> float:
@@ -144,15 +143,13 @@ def call_cost(model_name: str, calls: int, rounds: int) -> dict[str, tuple[float
     GIL)."""
     import ray
 
-    from ps_trainer.core import LRSchedule, NesterovMomentum, PolyakAverage
+    from ps_trainer.core import FlatModel, LRSchedule, NesterovMomentum, PolyakAverage
     from ps_trainer.core.policy import Async
     from ps_trainer.transport.ray_shard import ParameterServerShard, Push
 
     class SixArguments(ParameterServerShard):
         def push_arguments(self, grad, version_read, worker, bn_stats, shard, clock):
             return self.push(Push(grad, version_read, worker, bn_stats, shard, clock))
-
-    from ps_trainer.core import FlatModel
 
     flat = FlatModel(build(model_name, num_classes=10, in_channels=SIZES[model_name][0]))
     P, B = flat.params.numel(), flat.buffers.numel()
