@@ -131,8 +131,9 @@ class TrainConfig:
     push_dtype: str = _f("float32", "gradients on the wire: float32, or bfloat16 (half the bytes; "
                                     "the shard accumulates in float32)")
     prefetch: str = _f("auto", "request each pull while the step before it computes, hiding its "
-                               "round trips (weights one step older): auto (on a GPU), on or off; "
-                               "off under bounded and sync")
+                               "round trips (weights one step older): auto (on a GPU, or a CPU "
+                               "worker with a core of its own; off where workers share cores), "
+                               "on or off; off under bounded and sync")
     exchange: str = _f("on", "each push is answered with the shard's weights after it, so a step "
                              "pulls and pushes in one round trip (when --fetch-every and "
                              "--push-every are 1): on or off; off under bounded and sync")

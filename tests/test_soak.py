@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from bench_soak import accounting  # noqa: E402  (benchmarks/ is scripts, not a package)
 
 
+@pytest.mark.slow  # ~20 s with its Ray start: a long run, in `make test-slow`
 def test_32_workers_hammering_4_shards_lose_nothing_and_memory_stays_flat(ray_local):
     r = run_soak(workers=32, shards=4, seconds=8, params=100_000)
     # nothing lost, nothing counted twice: per worker, pushes sent = pushes the shards recorded

@@ -39,6 +39,7 @@ def prepared(tmp_path_factory):
     return root / "data"
 
 
+@pytest.mark.slow  # ~20 s: six epochs with ten-crop evaluation, in `make test-slow`
 def test_a_simulated_run_on_a_file_uri_learns_the_colours(prepared, tmp_path):
     """Through pyarrow's file:// filesystem; the final evaluation of 10 crops per image."""
     run = tmp_path / "run"

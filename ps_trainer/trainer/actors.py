@@ -24,7 +24,8 @@ from __future__ import annotations
 from ..config import fault_at
 from ..core import ShardState
 from ..core import checkpoint
-from .plan import Plan, loader_processes, shard_options, worker_data, worker_options
+from .plan import (Plan, loader_processes, prefetch_setting, shard_options, worker_data,
+                   worker_options)
 
 
 ZERO = {"steps": 0, "images": 0, "loss": float("nan"), "pushes_sent": 0}  # a worker's progress
@@ -92,12 +93,14 @@ def make_worker(plan: Plan, shards: list, resources, i: int, crash: bool = True,
     gpu = resources.device == "cuda"
     w, step = fault_at(cfg.crash_worker_at)
     crash_at = step if crash and w == i else 0
+    options = worker_options(plan)
+    options["prefetch"] = prefetch_setting(options["prefetch"], resources.worker_cpus, gpu)
     return ray.remote(WorkerActor).options(
         num_cpus=resources.worker_cpus, num_gpus=resources.worker_gpus, max_concurrency=2).remote(
         i, cfg.model, data.num_classes, plan.in_channels, shards, plan.layout.shards(cfg.ps_shards),
         worker_data(plan, i, start=clock * cfg.push_every), batch_size=cfg.batch_size,
         seed=cfg.seed, device=resources.device, threads=cfg.threads_per_worker,
-        options={**worker_options(plan), "delay": worker_delays(cfg)[i], "clock": clock},
+        options={**options, "delay": worker_delays(cfg)[i], "clock": clock},
         crash_at=crash_at, loader=loader_processes(cfg, resources.worker_cpus, gpu))
 
 

@@ -190,6 +190,17 @@ def worker_data(plan: Plan, i: int, start: int = 0) -> dict:
     return {"x": data.x_train[idx], "y": data.y_train[idx], "start": start}
 
 
+def prefetch_setting(setting: str, worker_cpus: float, gpu: bool) -> str:
+    """--prefetch for a Ray worker: `auto` is on for a GPU worker and for a CPU worker with a core
+    of its own (its round trips would otherwise leave that core idle: digits_cnn's worker went
+    from 77% to 96% of a plain loop, docs/benchmarks.md), and off where workers share cores: there
+    another worker fills the wait, so prefetch bought no speed and doubled the staleness (4
+    workers on 2 cores: mean 2.98 -> 6.56)."""
+    if setting != "auto":
+        return setting
+    return "on" if gpu or worker_cpus >= 1 else "off"
+
+
 def loader_processes(cfg: TrainConfig, worker_cpus: float, gpu: bool) -> int:
     """--loader-workers, or by default the worker's whole CPUs, less the one its own loop uses
     on a CPU worker (a GPU worker's loop mostly waits for the GPU)."""

@@ -109,7 +109,7 @@ def check_where(plan) -> str:
     import torch
 
     from .cluster import check_address, plan_resources
-    from .plan import check_memory
+    from .plan import check_memory, prefetch_setting, worker_options
 
     cfg = plan.cfg
     if cfg.simulate:
@@ -126,8 +126,10 @@ def check_where(plan) -> str:
                          f"this machine has: {e}") from None
     here = {"CPU": os.cpu_count(), "GPU": torch.cuda.device_count()}
     r = plan_resources(cfg.workers, cfg.ps_shards, cfg.device, here, [here])
+    prefetch = prefetch_setting(worker_options(plan)["prefetch"], r.worker_cpus, r.device == "cuda")
     return "\n".join([f"this machine, {r.device}, {r.worker_cpus:g} CPU per worker"
-                       + (" and a GPU" if r.worker_gpus else "") + "; the memory estimate fits",
+                       + (" and a GPU" if r.worker_gpus else "") + f", prefetch {prefetch}; the "
+                       "memory estimate fits",
                        *(f"warning: {w}" for w in r.warnings)])
 
 
