@@ -80,8 +80,8 @@ def summarize(plan, final_evals: list[dict], shard_stats: list[dict], progress: 
     if SUMMARY_METRICS:
         cols = {c: np.asarray(pushes.column(c).to_numpy()) for c in columns}
         summary.update({name: metric(cols) for name, metric in SUMMARY_METRICS.items()})
-    lines = [f"## ps-train: {cfg.model} on {cfg.dataset}, {cfg.workers} workers, "
-             f"{cfg.ps_shards} shards, policy {cfg.policy}"
+    lines = [f"## ps-train: {cfg.model} on {cfg.dataset}, {_count(cfg.workers, 'worker')}, "
+             f"{_count(cfg.ps_shards, 'shard')}, policy {cfg.policy}"
              + (" (interrupted)" if interrupted else " (stopped at --max-time)" if stopped_for_time else ""),
              "",
              "| weights | top-1 | top-5 | loss | BatchNorm statistics |",
@@ -100,3 +100,7 @@ def summarize(plan, final_evals: list[dict], shard_stats: list[dict], progress: 
               f"shard versions {summary['versions']}",
               f"run directory: {run_path}"]
     return summary, "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
