@@ -4,6 +4,7 @@ malformed stream, and the enums cover the core's dtypes and outcomes."""
 
 import filecmp
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,33 @@ GENERATED = ["parameter_server_pb2.py", "parameter_server_pb2.pyi", "parameter_s
 
 @pytest.mark.skipif(importlib.util.find_spec("grpc_tools") is None,
                     reason="grpcio-tools (the test extra) is not installed")
+def buf() -> str | None:
+    """The buf CLI: the test extra installs it (PyPI's buf-bin) on x86-64 Linux."""
+    import shutil
+
+    here = Path(sys.executable).parent / "buf"
+    return str(here) if here.exists() else shutil.which("buf")
+
+
+@pytest.mark.skipif(buf() is None, reason="buf is not installed (the test extra installs it on "
+                                          "x86-64 Linux)")
+def test_the_protos_are_buf_lint_clean_under_the_standard_rules(tmp_path):
+    lint = lambda root: subprocess.run([buf(), "lint", "--error-format=json"], cwd=root,
+                                       capture_output=True, text=True, timeout=120)
+    # the linter is really looking: a service without the suffix, a bare request type, no version
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "buf.yaml").write_text((ROOT / "protos" / "buf.yaml").read_text())
+    (bad / "ps.proto").write_text('syntax = "proto3";\npackage ps;\nmessage Req {}\n'
+                                  "service Ps { rpc Pull(Req) returns (Req); }\n")
+    flagged = lint(bad)
+    assert flagged.returncode != 0, flagged.stdout
+    assert {"SERVICE_SUFFIX", "RPC_REQUEST_STANDARD_NAME"} <= {
+        json.loads(line)["type"] for line in flagged.stdout.splitlines()}, flagged.stdout
+    ours = lint(ROOT / "protos")
+    assert ours.returncode == 0 and ours.stdout == "", ours.stdout
+
+
 def test_the_committed_generated_code_is_what_the_proto_makes(tmp_path):
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'protos'}",
                     f"--python_out={tmp_path}", f"--pyi_out={tmp_path}",
