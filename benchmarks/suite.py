@@ -8,7 +8,7 @@ measured against its baseline in the same run, in the issue's order.
 | 3 | framework overhead | bench_worker.py | a plain PyTorch loop | >= 90% |
 | 4 | synchronous baseline | bench_ddp.py | torch.distributed DDP (gloo) | <= 1.2x DDP's time; ahead with a straggler or a kill |
 | 5 | update rule | bench_shard_update.py | one memcpy of the same bytes | <= 2.5x; DC-ASGD <= 2x the plain push |
-| 6 | gRPC against Ray | bench_grpc.py | Ray's object store | <= 2x |
+| 6 | gRPC against Ray | bench_grpc.py | Ray's object store: one node, and two nodes (a worker on another machine) | <= 2x |
 | 7 | scaling curve | bench_scaling.py | (a model fed by measured costs) | shards needed at 16 and 64 GPUs |
 
 Each script prints its table and writes its own section of docs/benchmarks.md (bench_grpc.py:

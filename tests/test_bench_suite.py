@@ -55,15 +55,19 @@ def test_worker_benchmark_smoke_measures_both_loops():
 def test_grpc_benchmark_smoke_times_both_transports():
     out = run(str(BENCH / "bench_grpc.py"), "--smoke")
     rows = dict(re.findall(r"^\| (Ray \(object store\)|gRPC \(TCP loopback\)|bare TCP socket "
-                           r"\(the floor\)) \| (.*)$", out, re.M))
-    assert set(rows) == {"Ray (object store)", "gRPC (TCP loopback)",
-                         "bare TCP socket (the floor)"}, out
+                           r"\(the floor\)|Ray across two nodes \(object manager\)) \| (.*)$",
+                           out, re.M))
+    assert set(rows) == {"Ray (object store)", "gRPC (TCP loopback)", "bare TCP socket (the floor)",
+                         "Ray across two nodes (object manager)"}, out
     for cells in rows.values():
         pull, push, total, *rates = (float(c) for c in cells.strip(" |").split(" | "))
         assert 0 < pull and 0 < push and total > 0 and all(r > 0 for r in rates)
     assert re.search(r"ratio of the median rounds \d+\.\d\dx Ray's", out)
     assert re.search(r"gRPC \(TCP loopback\) against the bare socket: ratio of the median rounds "
                      r"\d+\.\d\dx", out)
+    # the comparison for a worker on another machine: Ray's object stores on two nodes
+    assert re.search(r"gRPC \(TCP loopback\) against Ray across two nodes \(object manager\): "
+                     r"ratio of the median rounds \d+\.\d\dx", out)
 
 
 @pytest.mark.slow
