@@ -43,6 +43,7 @@ def test_too_many_worker_deaths_stop_the_run_with_a_message(ray_local, tmp_path)
     assert s["worker_restarts"] == []
 
 
+@pytest.mark.slow  # 25 s; the default run keeps test_train_e2e's Ctrl-C test
 def test_ctrl_c_checkpoints_and_resume_continues_versions_and_schedule(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}

@@ -151,7 +151,9 @@ def _rerun_completes(tmp_path: Path, stopped: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize("how", [
-    "ctrl-c",  # SIGINT to the whole process group, as a terminal sends it
+    # SIGINT to the whole process group, as a terminal sends it (27 s: slow set; the default
+    # run keeps `test_a_second_ctrl_c_stops_at_once`)
+    pytest.param("ctrl-c", marks=pytest.mark.slow),
     pytest.param("sigterm", marks=pytest.mark.slow),  # `kill PID`: the main process alone
 ])
 def test_a_stopped_sweep_exits_130_leaves_no_process_and_resumes(tmp_path, how):
