@@ -243,24 +243,27 @@ def main() -> None:
         lines.append(f"| {k} | {1e3 * p:.0f} | {1e3 * q:.0f} | {1e3 * t:.0f} | {mb / p:.0f} | "
                      f"{mb / q:.0f} | {2 * mb / t:.0f} |")
     lines.append("")
+
+    def ratios(k: str, base: str) -> list[float]:
+        """Each round's own ratio of `k`'s round time to `base`'s."""
+        return [sum(x) / sum(b) for x, b in zip(times[k], times[base])]
+
     for k in names[1:]:
-        per_round = [sum(g) / sum(r) for g, r in zip(times[k], times[RAY])]
+        per_round = ratios(k, RAY)
         q1, q2, q3 = np.percentile(per_round, [25, 50, 75])
         bold = "**" if k == GRPC else ""
         lines.append(f"- {bold}{k}: ratio of the median rounds {med[k][2] / med[RAY][2]:.2f}x "
                      f"Ray's{bold}; each round's own ratio: median {q2:.2f}x (quartiles "
                      f"{q1:.2f}-{q3:.2f}x, range {min(per_round):.2f}-{max(per_round):.2f}x).")
-    per_round = [sum(g) / sum(r) for g, r in zip(times[GRPC], times[FAR])]
-    q1, q2, q3 = np.percentile(per_round, [25, 50, 75])
+    q1, q2, q3 = np.percentile(ratios(GRPC, FAR), [25, 50, 75])
     lines.append(f"- **{GRPC} against {FAR}: ratio of the median rounds "
                  f"{med[GRPC][2] / med[FAR][2]:.2f}x**; each round's own ratio: median {q2:.2f}x "
                  f"(quartiles {q1:.2f}-{q3:.2f}x).")
     for k in (GRPC, UNIX):
         if k in times:
-            per_round = [sum(g) / sum(f) for g, f in zip(times[k], times[FLOOR])]
             lines.append(f"- {k} against the bare socket: ratio of the median rounds "
                          f"{med[k][2] / med[FLOOR][2]:.2f}x; each round's own ratio: median "
-                         f"{np.median(per_round):.2f}x.")
+                         f"{np.median(ratios(k, FLOOR)):.2f}x.")
     spread = {k: (1e3 * min(p + q for p, q in v), 1e3 * max(p + q for p, q in v))
               for k, v in times.items()}
     lines.append("- Round times, min-max ms: " + ", ".join(f"{k} {lo:.0f}-{hi:.0f}"

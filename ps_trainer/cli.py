@@ -153,8 +153,8 @@ def cmd_data(argv: list[str]) -> int:
 
 
 def cmd_train(argv: list[str], context: dict) -> int:
-    """Check everything that can be checked (the settings, then the data, the model and the
-    places the run writes), then run, in the simulator or on Ray. `context['cfg']` is the
+    """Check everything that can be checked (the settings and the places the run writes, cheap
+    and answered at once, then the data and the model), then run, in the simulator or on Ray. `context['cfg']` is the
     config once known (its run directory takes the traceback of an internal error)."""
     cfg = context["cfg"] = config_from_args(argv).validate()
     if cfg.resume:
@@ -166,9 +166,9 @@ def cmd_train(argv: list[str], context: dict) -> int:
     from .trainer import preflight
     from .trainer.plan import prepare
 
+    preflight.check_locations(cfg)  # before the data and the model, which take seconds to load
     plan = prepare(cfg)  # the data and the model, checked here and handed to the run
     preflight.check_plan(plan)
-    preflight.check_locations(cfg)
     where = preflight.check_where(plan)  # the memory here, or that the cluster answers
     if cfg.dry_run:
         print(preflight.describe(plan, where))
@@ -211,9 +211,9 @@ def cmd_serve(argv: list[str], context: dict) -> int:
     from .trainer.plan import prepare
     from .trainer.serve import serve_run
 
+    preflight.check_locations(cfg)  # before the data and the model, which take seconds to load
     plan = prepare(cfg)
     preflight.check_plan(plan)
-    preflight.check_locations(cfg)
     if cfg.dry_run:
         print(f"dry run: every check passed; would serve {cfg.model} in {cfg.ps_shards} shards "
               f"on {address}")
