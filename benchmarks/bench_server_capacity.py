@@ -5,7 +5,8 @@ Ray documentation's parameter server (b). Targets: at least 5x (b) at K=4, at le
 ps-trainer: S `ParameterServerShard` actors (the model cut by `ParamLayout.shards`; Nesterov
 momentum 0.9, weight decay 5e-4, Polyak average 0.99: a run's defaults) and K `ZeroWorker`
 actors, each looping as a `Worker` does minus the compute: land each shard's snapshot in its flat
-buffers with one copy (`Worker._land`), push one gradient (a fixed array of small values) with its
+model as a CPU `Worker._land` does (in place, `FlatModel.alias`: the parameters become views of
+the snapshot; the tensors a shard boundary cuts and the BatchNorm statistics are copied), push one gradient (a fixed array of small values) with its
 BatchNorm statistics to every shard, each push answered with the shard's weights after it
 (`RayClient.exchange`, the Worker's default; the first weights come from one `RayClient.pull`),
 and fetch those. An *update* is one worker's push to every shard; it moves one gradient in and
@@ -16,7 +17,7 @@ Every actor asks for num_cpus=0, so nothing waits for a CPU slot; they share the
 `Sink` actors that do nothing. Per shard and update: the worker passes its gradient slice as an
 argument (Ray puts it into the store: one copy; the sink ignores it), and the sink answers with
 its weight slice `ray.put` (one copy, as a shard puts its snapshot) by reference; the worker
-`ray.get`s it (zero-copy) and lands it with the same one copy. Same calls,
+`ray.get`s it (zero-copy) and lands it in the same way. Same calls,
 same puts and gets, same landing; what ps-trainer adds is the shard's work (validation, Nesterov,
 Polyak, the snapshot's concatenation under the lock). Every pull puts a fresh copy here, where a
 shard puts one per new version: with several workers (a) puts at least as often.
@@ -41,8 +42,8 @@ first pass over the store every 4 KB page written faults, and a 100 MB put takes
 the group runs one uncounted update per worker on each path (the shards fault their state in). Every cell
 checks that each shard counted exactly as many pushes as the workers made updates, and reads the
 CPU time (user + system) the workers, the servers, the raylet and the driver spent per update.
-The object store is sized for 2K + 4 model copies at once (each worker's gradient and the
-snapshot it is landing, and the servers'), 1.5 times that, at most 40% of the memory available.
+The object store is sized for 3K + 4 model copies at once (each worker's gradient, the snapshot
+its model reads and the one arriving, and the servers'), 1.5 times that, at most 40% of the memory available.
 
     python benchmarks/bench_server_capacity.py [--seconds 3] [--rounds 3] [--workers 1 4 16]
         [--shards 1 2 4] [--docs-workers 1 4] [--smoke] [--no-write]
@@ -110,22 +111,34 @@ class ZeroWorker:
         torch.set_num_threads(1)  # as a CPU worker
         self.index = index
 
-    def prepare(self, grad: np.ndarray, num_buffers: int) -> None:
+    def prepare(self, grad: np.ndarray, model: str, layout: ParamLayout) -> None:
         """`grad`: the fixed gradient, one read-only array in the object store that every worker
-        shares (private ones would cost 1.6 GB at K=16 and change nothing: a push copies it)."""
+        shares (private ones would cost 1.6 GB at K=16 and change nothing: a push copies it).
+        The flat model: `model`'s tensors, uninitialized (never computed on); in --smoke, whose
+        layout names no tensors, only the flat buffers."""
+        from ps_trainer.core.layout import FlatModel
+        from ps_trainer.models import build
+
         self.grad = grad
-        self.bn = np.ones(num_buffers, np.float32)  # the BatchNorm statistics pushed along
-        self.params = torch.zeros(grad.shape[0])  # (P,) the flat model, as FlatModel.params
-        self.buffers = torch.zeros(num_buffers)  # (B,) FlatModel.buffers
-        self.params.fill_(0.0)  # touched now, not in the first landing
+        self.bn = np.ones(layout.num_buffers, np.float32)  # the BatchNorm statistics pushed along
+        self.flat = None
+        if layout.params:
+            with torch.device("meta"):
+                m = build(model)
+            self.flat = FlatModel(m.to_empty(device="cpu"), layout)
+        self.buffers = self.flat.buffers if self.flat else torch.zeros(layout.num_buffers)
+        self.held = None  # --smoke: the snapshots the model would read
 
     def land(self, specs: list, snapshots: list) -> None:
-        """`Worker._land` on a CPU: one copy per shard into the flat buffers."""
+        """`Worker._land` on a CPU: the parameters become views of the snapshots (the pieces of
+        tensors a shard boundary cuts are copied), the BatchNorm statistics are copied."""
         for spec, (arr, _) in zip(specs, snapshots):
             (p0, p1), (b0, b1) = spec.params, spec.buffers
             src = torch.from_numpy(arr)  # read-only, zero-copy from the object store
-            self.params[p0:p1].copy_(src[:p1 - p0])
+            if self.flat is not None:
+                self.flat.alias(p0, p1, src[:p1 - p0])
             self.buffers[b0:b1].copy_(src[p1 - p0:])
+        self.held = snapshots
 
     def run_ps(self, shards: list, specs: list, stop_at: float, min_updates: int) -> dict:
         """Against ps-trainer's shards: pull, land, push to every shard, wait for the results."""
@@ -231,12 +244,12 @@ def shard_options() -> dict:
 
 def store_size(max_workers: int, model_bytes: int) -> tuple[int, int, int]:
     """(object-store bytes to ask for, bytes the run may hold at once, bytes available). At
-    once: each worker's gradient in flight and the snapshot it is landing, the snapshots the
-    shards hold, the docs' weights and gradients; asked: 1.5 times that, at most 40% of the
+    once: each worker's gradient in flight, the snapshot its model reads (landed in place) and
+    the one arriving, the snapshots the shards hold, the docs' weights and gradients; asked: 1.5 times that, at most 40% of the
     memory available now (the rest is the actors' own: flat buffers, shard state)."""
     from ps_trainer.trainer.cluster import available_memory
 
-    need = (2 * max_workers + 4) * model_bytes
+    need = (3 * max_workers + 4) * model_bytes
     avail = available_memory() or 8 << 30
     return int(min(max(1.5 * need, 1 << 30), 0.4 * avail)), need, avail
 
@@ -319,7 +332,7 @@ def main() -> None:
     for model in a.models:
         layout = layouts[model]
         grad = ray.put(np.full(layout.num_params, GRAD, np.float32))
-        prepared = [w.prepare.remote(grad, layout.num_buffers) for w in workers]
+        prepared = [w.prepare.remote(grad, model, layout) for w in workers]
         init = np.full(layout.num_params, 0.01, np.float32)  # (P,) the initial weights
         for S in a.shards:
             specs = layout.shards(S)
@@ -480,11 +493,12 @@ def copies_table() -> str:
         "| path | gradient, worker -> server | weights, server -> worker | copies | other passes |",
         "| --- | --- | --- | ---: | --- |",
         "| ps-trainer | 1: Ray puts the argument into the store; the shard reads it there | "
-        "2: the `ray.put` of `[weights \\| BN]` straight from the shard's storage, under its "
-        "lock (`ShardState.publication`), and the worker's landing copy (`ray.get` is zero-copy) "
-        "| 3 | validation (one read), Nesterov + weight decay and the Polyak lerp (blocked, "
+        "1: the `ray.put` of `[weights \\| BN]` straight from the shard's storage, under its "
+        "lock (`ShardState.publication`); `ray.get` is zero-copy and the worker's model reads "
+        "the snapshot in place (`FlatModel.alias`; only tensors a shard boundary cuts are copied) "
+        "| 2 | validation (one read), Nesterov + weight decay and the Polyak lerp (blocked, "
         "2.5x a memcpy in all) |",
-        "| (a) object store | 1: the same put | 2: the sink's `ray.put`, the landing copy | 3 | none |",
+        "| (a) object store | 1: the same put | 1: the sink's `ray.put`, landed the same way | 2 | none |",
         "| (b) Ray docs | 3: the worker's returned list put into the store, `np.stack`, "
         "`.sum(axis=0)` | 6: a tensor pickles as `torch.save` into a BytesIO, the pickled bytes "
         "are copied into Ray's in-band buffer and that into the store; the worker unpickles them "
@@ -516,7 +530,7 @@ def where_time_goes(a, phases, cpu) -> str:
     rows += ["", "One worker's update in wall time (K=1, median ms; push = the gradient's put, the "
                  "server's work, its snapshot and put, and the reply: one call per shard, each push "
                  "answered with the weights after it; pull = the `ray.get` of those weights; land = "
-                 "the landing copy):", "",
+                 "the landing in place: parameters re-pointed, cut tensors and BatchNorm statistics copied):", "",
              "| path | S | pull, ms | land, ms | push + result, ms | update, ms |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for path in (OURS, STORE):

@@ -57,11 +57,14 @@ def test_server_capacity_smoke_counts_every_update_on_every_path():
 def test_pull_path_smoke_times_the_worker_against_get_plus_memcpy():
     out = run("bench_pull_path.py")
     rows = re.findall(r"^\| (\d) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)x \| "
-                      r"([\d.]+)x \(([\d.]+)-([\d.]+)x\) \| (\d+) \|$", out, re.M)
+                      r"([\d.]+)x \(([\d.]+)-([\d.]+)x\) \| (\d+) \| ([\d.]+) \| ([\d.]+)x \|$",
+                      out, re.M)
     assert [r[0] for r in rows] == ["1", "2"], out
-    for _, ours, client, base, ratio, q2, q1, q3, mbs in rows:
+    for _, ours, client, base, ratio, q2, q1, q3, mbs, copy, copy_ratio in rows:
         assert float(ours) > 0 and 0 < float(client) and float(base) > 0 and int(mbs) > 0
+        assert float(copy) > 0 and float(copy_ratio) > 0
         o, b = float(ours), float(base)  # ms rounded to 0.1: the ratio lies within their bounds
         assert (o - 0.05) / (b + 0.05) - 0.01 <= float(ratio) <= (o + 0.05) / (b - 0.05) + 0.01
         assert float(q1) <= float(q2) <= float(q3)
-    assert re.search(r"\*\*Worker pull = at most [\d.]+x the baseline\*\*", out)
+    assert re.search(r"\*\*Worker pull = at most [\d.]+x the baseline\*\*.* With a landing copy "
+                     r"\(a GPU worker's path, `land=\"copy\"`\): at most [\d.]+x\.", out)

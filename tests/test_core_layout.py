@@ -111,3 +111,53 @@ def test_channels_last_keeps_parameters_aliased_and_pull_and_push_move_the_real_
     tol = 2e-3 * float(a.grads.abs().max())
     torch.testing.assert_close(b.wire_grads(), a.grads, rtol=1e-3, atol=tol)
     assert float((b.grads - a.grads).abs().max()) > 20 * tol
+
+
+@pytest.mark.parametrize("num_shards", [1, 3])
+def test_alias_points_the_parameters_at_the_snapshot_and_copies_only_the_cut_tensors(num_shards):
+    """FlatModel.alias: each tensor wholly inside a shard's range becomes a view of that shard's
+    snapshot (no copy), a tensor a shard boundary cuts is copied into `params`; the model then
+    computes exactly what it computes after a copying `load`, its gradients stay views of the
+    flat gradient buffer, and the snapshots are not written. `load` undoes it."""
+    torch.manual_seed(0)
+    layout = ParamLayout.from_model(build("resnet20", num_classes=10))
+    copied, aliased = (FlatModel(build("resnet20", num_classes=10), layout) for _ in range(2))
+    wire = torch.randn(layout.num_params) * 0.05
+    specs = layout.shards(num_shards)
+    snapshots = [wire[s.params[0]:s.params[1]].clone() for s in specs]
+    before = [t.clone() for t in snapshots]
+    for s, snap in zip(specs, snapshots):
+        copied.load(*s.params, snap)
+        aliased.alias(*s.params, snap)
+    assert aliased.aliased and torch.equal(aliased.wire_params(), wire)
+    ranges = [(s.params, snap.data_ptr(), snap.data_ptr() + 4 * snap.numel())
+              for s, snap in zip(specs, snapshots)]
+    inside = cut = 0
+    for p, e in aliased._entries:
+        lo, hi = e.offset, e.offset + e.numel
+        home = [r for r in ranges if r[0][0] <= lo and hi <= r[0][1]]
+        if home:  # wholly inside one shard: a view of its snapshot
+            inside += 1
+            assert home[0][1] <= p.data_ptr() < home[0][2], e.name
+        else:  # cut by a boundary: in the flat buffer
+            cut += 1
+            assert aliased.params.data_ptr() <= p.data_ptr() < aliased.params.data_ptr() + 4 * layout.num_params
+    assert cut == num_shards - 1 and inside == len(layout.params) - cut  # (no boundary on an edge here)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    for flat in (copied, aliased):
+        flat.model.train()
+        torch.nn.functional.cross_entropy(flat.model(x), y).backward()
+    assert aliased.grads_are_views()
+    assert torch.equal(aliased.grads, copied.grads) and aliased.grads.abs().sum() > 0
+    assert all(torch.equal(a, b) for a, b in zip(snapshots, before))  # read, never written
+    # A copying load points everything back at `params`.
+    aliased.load(0, layout.num_params, wire * 2)
+    assert not any(r[1] <= p.data_ptr() < r[2] for p in aliased.model.parameters() for r in ranges)
+    assert torch.equal(aliased.wire_params(), wire * 2) and torch.equal(aliased.params, wire * 2)
+
+
+def test_alias_refuses_a_channels_last_model():
+    layout = ParamLayout.from_model(build("resnet20", num_classes=10))
+    flat = FlatModel(build("resnet20", num_classes=10), layout, channels_last=True)
+    with pytest.raises(ValueError, match="alias: only for CPU models in the wire order"):
+        flat.alias(0, layout.num_params, torch.zeros(layout.num_params))

@@ -151,3 +151,42 @@ def test_exchange_is_off_where_it_would_not_be_the_same_thing(ray_local):
                        ("bounded", "off"), ("sync", "off")):
         cfg = TrainConfig(policy=policy, workers=2, progress=False).validate()
         assert worker_options(prepare(cfg))["exchange"] == on, policy
+
+
+def test_a_cpu_worker_computes_on_the_snapshots_in_the_object_store_without_copying_them(ray_local):
+    """land=auto on a CPU: the model's parameters become views of the pulled snapshots (sealed
+    objects in Ray's object store), not copies, and the run is bit for bit the run that copies
+    them (land=copy): nothing writes a snapshot, and every step reads the weights it pulled."""
+    ray = ray_local
+    steps, num_shards = 6, 3
+    torch.manual_seed(0)
+    model = build("digits_cnn", width=128)  # 1.1M parameters: 1.5 MB a shard, through the store
+    layout = ParamLayout.from_model(model)
+    specs = layout.shards(num_shards)
+    params, buffers = layout.flatten(model)
+    data = load_dataset("digits", seed=0)
+    cut = sum(not any(s.params[0] <= e.offset and e.offset + e.numel <= s.params[1] for s in specs)
+              for e in layout.params)
+    assert cut >= 1
+    runs = {}
+    for land in ("auto", "copy"):
+        torch.manual_seed(0)
+        m = build("digits_cnn", width=128)
+        actors = [_actor(ray, s.index, params[slice(*s.params)], buffers[slice(*s.buffers)])
+                  for s in specs]
+        w = Worker(0, FlatModel(m, layout), specs, RayClient(actors),
+                   Batches(data.x_train, data.y_train, 16, seed=1), max_inflight=2, land=land)
+        assert w.exchange and w.alias == (land == "auto")
+        for _ in range(steps):
+            w.step()
+        w.flush()
+        flat = w.flat
+        start, end = flat.params.data_ptr(), flat.params.data_ptr() + 4 * layout.num_params
+        in_flat = sum(start <= p.data_ptr() < end for p in m.parameters())
+        # aliased: only the tensors a shard boundary cuts stay in the flat buffer
+        assert in_flat == (len(layout.params) if land == "copy" else cut), (land, in_flat)
+        w.pull()
+        runs[land] = (_weights(w, ray), flat.wire_params().numpy().copy())
+        np.testing.assert_array_equal(runs[land][1], runs[land][0])  # the model has the latest
+    np.testing.assert_array_equal(runs["auto"][0], runs["copy"][0])
+    assert not np.array_equal(runs["auto"][0], params)  # (it trained)

@@ -105,6 +105,14 @@ class ParamLayout:
             _scatter(model.named_buffers(), self.buffers, buffers)
 
 
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
+
+
 def _gather(named, entries: tuple[Entry, ...], total: int) -> np.ndarray:
     tensors = dict(named)
     flat = np.empty(total, dtype=np.float32)
@@ -129,6 +137,11 @@ class FlatModel:
     slice of `self.grads` with no gather: autograd accumulates into the views in place (we never
     set grads to None, only zero them).
 
+    A pulled snapshot that nobody will write again (a sealed object in Ray's object store) need
+    not be copied at all on a CPU: `alias(p0, p1, src)` re-points the parameters at views of it.
+    `params` then holds only the pieces of tensors a shard boundary cuts; `wire_params()` reads
+    the weights the model really has, wherever they live. The gradients stay in `grads`.
+
     With `channels_last` (fast convolutions on GPUs), every 4-D weight is a channels_last view of
     its region, which then holds the weight in (out, kH, kW, in) order; the parameter server's
     layout (`ParamLayout`, checkpoints, the wire) stays (out, in, kH, kW). `load(p0, p1, src)`
@@ -149,9 +162,11 @@ class FlatModel:
         self._permuted_names = {e.name for e in self.permuted}
         self._wire = torch.empty_like(self.params) if self.permuted else None
         named_p = dict(model.named_parameters())
-        for e in self.layout.params:
-            p = named_p[e.name]
+        self._entries = [(named_p[e.name], e) for e in self.layout.params]  # in the flat order
+        for p, e in self._entries:
             p.data, p.grad = (self._view(t, e) for t in (self.params, self.grads))
+        self._alias_plans: dict = {}  # (p0, p1) -> (whole tensors, cut pieces), see `alias`
+        self.aliased = False  # some parameters are views of a snapshot, not of `params`
         modules = dict(model.named_modules())
         for e in self.layout.buffers:
             owner, _, attr = e.name.rpartition(".")
@@ -170,6 +185,10 @@ class FlatModel:
     def load(self, p0: int, p1: int, src: torch.Tensor, non_blocking: bool = False) -> None:
         """Parameters [p0, p1) of the wire (server) order from `src` (any device, read only;
         `non_blocking` from pinned host memory: the copy is queued, the host goes on)."""
+        if self.aliased:  # back to `params` for the ones `alias` pointed at a snapshot
+            for p, e in self._entries:
+                if e.offset < p1 and e.offset + e.numel > p0:
+                    p.data = self._view(self.params, e)
         if not self.permuted:
             self.params[p0:p1].copy_(src, non_blocking=non_blocking)
             return
@@ -179,6 +198,40 @@ class FlatModel:
             if p0 <= e.offset < p1:
                 self._view(self.params, e).copy_(self._wire[e.offset:e.offset + e.numel]
                                                  .view(e.shape))
+
+    def alias(self, p0: int, p1: int, src: torch.Tensor) -> None:
+        """Parameters [p0, p1) of the wire order from `src` (CPU, float32, read only), with no
+        copy: every tensor wholly inside the range becomes a view of `src`; the pieces of the (at
+        most two) tensors the range cuts are copied into `params`, where those stay. Only for a
+        snapshot nobody writes again, since the model now reads it in place, and only in the
+        wire order (not channels_last, whose layout differs). It saves the landing copy: a pass
+        over the model's bytes per pull, 8-9 ms for ResNet-50's 102 MB on one core here."""
+        if self.permuted or src.device.type != "cpu" or src.dtype != torch.float32:
+            raise ValueError("alias: only for CPU models in the wire order; use load")
+        plan = self._alias_plans.get((p0, p1))
+        if plan is None:
+            plan = self._alias_plans[(p0, p1)] = self._plan_alias(p0, p1)
+        whole, cut = plan
+        storage, base = src.untyped_storage(), src.storage_offset()
+        with torch.no_grad():  # `set_` re-points a tensor in one call, 3x faster than `.data =`
+            for p, a, shape, stride in whole:
+                p.set_(storage, base + a, shape, stride)
+        for p, e, a, b in cut:
+            self.params[a:b].copy_(src[a - p0:b - p0])
+            p.data = self._view(self.params, e)  # (already, unless `load` was mixed in)
+        self.aliased = True
+
+    def _plan_alias(self, p0: int, p1: int) -> tuple[list, list]:
+        whole, cut = [], []
+        for p, e in self._entries:
+            a, b = max(p0, e.offset), min(p1, e.offset + e.numel)
+            if a >= b:
+                continue
+            if (a, b) == (e.offset, e.offset + e.numel):
+                whole.append((p, a - p0, e.shape, _contiguous_strides(e.shape)))
+            else:
+                cut.append((p, e, a, b))
+        return whole, cut
 
     def wire_grads(self) -> torch.Tensor:
         """The flat gradient in the wire (server) order: `grads` itself, or a permuted copy."""
@@ -190,13 +243,9 @@ class FlatModel:
         return self._wire
 
     def wire_params(self) -> torch.Tensor:
-        """The flat parameters in the wire order (for tests and checks)."""
-        if not self.permuted:
-            return self.params
-        out = self.params.clone()
-        for e in self.permuted:
-            out[e.offset:e.offset + e.numel].view(e.shape).copy_(self._view(self.params, e))
-        return out
+        """A copy of the model's parameters in the wire order, read through its own tensors
+        (for tests and checks: right whether they live in `params` or in aliased snapshots)."""
+        return torch.cat([p.detach().reshape(-1) for p, _ in self._entries])
 
     def zero_grad(self) -> None:
         self.grads.zero_()

@@ -210,6 +210,10 @@ class RayClient:
     a dead incarnation published dies with it (it owned the object), so a pull that finds its
     snapshot gone simply asks again. `stop` (a threading.Event): give up a held pull once set."""
 
+    # The arrays `pull` returns are sealed objects of Ray's object store (or, for a small model,
+    # this reply's own): nobody writes them again, so a CPU worker may compute on them in place.
+    sealed_snapshots = True
+
     def __init__(self, shards: list, stop: threading.Event | None = None):
         self.shards = shards
         self.stop = stop

@@ -3,7 +3,10 @@ al. 2012, sec. 4.1).
 
 Invariants:
 - Parameters, gradients and BatchNorm buffers are views into flat tensors (`FlatModel`): a pulled
-  shard lands with one copy, and a push sends a slice of the flat gradient with no gather.
+  shard lands with one copy, and a push sends a slice of the flat gradient with no gather. On a
+  CPU, a snapshot from Ray's object store (sealed: nobody writes it again) lands with no copy at
+  all: the parameters become views of it (`FlatModel.alias`), which keeps it alive until the
+  next pull lands.
 - The worker never waits for other workers. It waits for its own pushes only when more than
   `max_inflight` steps are still unacknowledged (back-pressure, so nothing piles up unboundedly).
 - Downpour's knobs: weights are fetched every `fetch_every` steps and gradients accumulated over
@@ -61,7 +64,7 @@ class Worker:
                  aux_weight: float = 0.3, label_smoothing: float = 0.0, device="cpu",
                  delay=None, clock: int = 0, prefetch: bool | str = False, amp: str = "off",
                  channels_last: str = "off", push_dtype: str = "float32",
-                 exchange: bool | str = True):
+                 exchange: bool | str = True, land: str = "auto"):
         self.id = worker_id
         self.flat, self.model, self.shards, self.client = flat, flat.model, shards, client
         self.batches = batches
@@ -101,6 +104,11 @@ class Worker:
         self.exchange = exchange in (True, "on") and fetch_every == push_every == 1 \
             and hasattr(client, "exchange")
         self._exchanged: deque = deque()  # futures of the pulls the pushes' replies carry
+        # land auto|view|copy. On a CPU, a snapshot its client promises nobody writes again (a
+        # sealed object in Ray's object store) becomes the model's weights where it lies, with
+        # no landing copy (`FlatModel.alias`): auto does that wherever it can.
+        self.alias = land != "copy" and not cuda and not flat.permuted \
+            and getattr(client, "sealed_snapshots", False)
         # Pulls and pushes go through the comm thread; the simulator does them in line, at the
         # virtual moment they happen.
         self.threaded = True
@@ -171,7 +179,10 @@ class Worker:
             p0, p1 = spec.params
             b0, b1 = spec.buffers
             src = arr if isinstance(arr, torch.Tensor) else torch.from_numpy(arr)  # read-only
-            self.flat.load(p0, p1, src[:p1 - p0], non_blocking=cuda)
+            if self.alias:
+                self.flat.alias(p0, p1, src[:p1 - p0])
+            else:
+                self.flat.load(p0, p1, src[:p1 - p0], non_blocking=cuda)
             self.flat.buffers[b0:b1].copy_(src[p1 - p0:], non_blocking=cuda)
             self.versions[spec.index] = version
             self.seen[spec.index] = max(self.seen[spec.index], version)
