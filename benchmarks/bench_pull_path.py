@@ -148,8 +148,9 @@ def main() -> None:
               "so it pays no memcpy where the baseline pays one. What remains is the RayClient's "
               "round trip: one call to every shard (answered from its published snapshot), then "
               "a `ray.get` of the references, where the baseline holds them already. That round "
-              "trip is a fixed cost per shard, so the ratio grows with S. The landing copy, where "
-              "it is made, costs what the baseline's memcpy does."]
+              "trip is a fixed cost per shard, so the ratio grows with S. Where the landing copy is "
+              "made, it adds a memcpy's worth or more (torch's `copy_` into the flat buffer, one "
+              "thread)."]
     text = "\n".join(lines)
     print(text)
     if not a.no_write:

@@ -237,9 +237,9 @@ def cpu_seconds(pids: list) -> float:
     return total
 
 
-def shard_options() -> dict:
+def shard_options(threads: int = 1) -> dict:
     return dict(optimizer=NesterovMomentum(0.9, 5e-4), schedule=LRSchedule(0.05), policy=Async(),
-                averager=PolyakAverage(0.99))
+                averager=PolyakAverage(0.99), threads=threads)
 
 
 def store_size(max_workers: int, model_bytes: int) -> tuple[int, int, int]:
@@ -296,6 +296,8 @@ def main() -> None:
     ap.add_argument("--docs-workers", type=int, nargs="+", default=[1, 4],
                     help="K for (b) (default 1 4: each DataWorker holds a whole ResNet-50)")
     ap.add_argument("--models", nargs="+", default=["resnet50", "inception_v3"])
+    ap.add_argument("--shard-threads", type=int, default=1,
+                    help="torch threads in each shard (default 1; ps-train gives a shard the CPUs it asks for)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds; implies --no-write")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     a = ap.parse_args()
@@ -339,7 +341,7 @@ def main() -> None:
             conc = max_k + 4  # a thread per worker, as make_shards gives a run's shards
             shards = [ray.remote(ParameterServerShard).options(num_cpus=0, max_concurrency=conc).remote(
                 s.index, init[s.params[0]:s.params[1]], np.ones(s.num_buffers, np.float32),
-                **shard_options()) for s in specs]
+                **shard_options(a.shard_threads)) for s in specs]
             sinks = [ray.remote(Sink).options(num_cpus=0, max_concurrency=conc).remote(
                 s.num_params + s.num_buffers) for s in specs]
             cells = [(OURS, k) for k in a.workers] + [(STORE, k) for k in a.workers]
