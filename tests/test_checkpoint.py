@@ -28,6 +28,7 @@ def ps_train(*args):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow  # an interrupt drill (16 s): the default run passed 10 min on a slower VM
 def test_interrupted_and_resumed_simulation_ends_bit_identical(tmp_path):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert main([*SIM, "--run-dir", str(whole)]) == 0

@@ -160,6 +160,7 @@ def straggler_pushes_before(rows: dict, t: float, straggler: int) -> int:
                if w == straggler and sh == 0 and tt <= t)
 
 
+@pytest.mark.slow  # a worker restart and a resume (20 s): the default run passed 10 min on a slower VM
 def test_ssp_holds_across_a_worker_restart_and_a_resume_on_ray(ray_local, tmp_path):
     """SSP (bound 1) with a 4x straggler (worker 2): the others may never be more than one clock
     ahead of it, so when one makes its last push the straggler has made nearly all of its own.

@@ -20,6 +20,7 @@ RUN = ["--model", "digits_cnn_small", "--workers", "3", "--ps-shards", "2", "--e
        "--no-progress"]
 
 
+@pytest.mark.slow  # a fault drill (10 s): the default run passed 10 min on a slower VM
 def test_a_dead_worker_is_replaced_and_the_run_finishes(ray_local, tmp_path):
     run = tmp_path / "run"
     assert main([*RUN, "--epochs", "6", "--crash-worker-at", "1@25", "--run-dir", str(run)]) == 0
@@ -35,6 +36,7 @@ def test_a_dead_worker_is_replaced_and_the_run_finishes(ray_local, tmp_path):
     assert s["polyak"]["top1"] > 0.9
 
 
+@pytest.mark.slow  # a fault drill (8 s): the default run passed 10 min on a slower VM
 def test_too_many_worker_deaths_stop_the_run_with_a_message(ray_local, tmp_path):
     run = tmp_path / "run"
     assert main([*RUN, "--epochs", "4", "--crash-worker-at", "0@5", "--max-worker-failures", "0",
@@ -142,6 +144,7 @@ def test_a_diverging_run_stops_with_a_message_and_keeps_its_last_good_checkpoint
         assert "is kept" not in s["diverged"]
 
 
+@pytest.mark.slow  # a fault drill (13 s): the default run passed 10 min on a slower VM
 def test_a_dead_shard_comes_back_from_its_checkpoint_and_versions_stay_monotonic(ray_local, tmp_path):
     run = tmp_path / "run"
     assert main([*RUN, "--epochs", "8", "--crash-shard-at", "0@250", "--checkpoint-steps", "10",

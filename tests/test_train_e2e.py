@@ -66,6 +66,7 @@ def ps_train(*args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
+@pytest.mark.slow  # a Ctrl-C drill (25 s): the default run passed 10 min on a slower VM
 def test_ctrl_c_flushes_metrics_and_leaves_no_actor(tmp_path):
     run = tmp_path / "run"
     proc = ps_train("--epochs", "500", "--run-dir", str(run), "--eval-every", "1")

@@ -50,6 +50,7 @@ def test_a_simulated_run_on_a_file_uri_learns_the_colours(prepared, tmp_path):
     assert s["polyak"]["top1"] > 0.9, s  # chance is 1/3
 
 
+@pytest.mark.slow  # a fault drill (13 s): the default run passed 10 min on a slower VM
 def test_a_ray_run_streams_and_a_replaced_worker_continues(prepared, ray_local, tmp_path):
     run = tmp_path / "run"
     assert main([*COMMON, "--data-dir", str(prepared), "--workers", "2", "--epochs", "6",
