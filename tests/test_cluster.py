@@ -90,11 +90,18 @@ def test_a_cluster_of_several_nodes_refuses_a_checkpoint_dir_on_local_disk(tmp_p
 
 def test_a_gpu_worker_gets_the_cpus_beside_its_gpu_for_its_data_loaders():
     """cluster/gpu.yaml: a 32-CPU head with no GPU and g5.2xlarge nodes (8 CPUs, 1 GPU): the
-    shards fit on the head, so each worker takes its node's 8 CPUs. One 16-core machine with one
-    GPU and 4 shards: 16 - 4 for the shards - 1 for the driver. Nodes unknown: 1 CPU, as before."""
+    shards fit on the head, with SHARD_THREADS CPUs (and torch threads) each, so each worker takes
+    its node's 8 CPUs. A head with less room: one CPU a shard. One 16-core machine with one GPU
+    and 4 shards: 16 - 4 for the shards - 1 for the driver. Nodes unknown: 1 CPU, as before."""
+    from ps_trainer.trainer.cluster import SHARD_THREADS
+
     nodes = [{"CPU": 32.0}] + [{"CPU": 8.0, "GPU": 1.0}] * 16
     plan = plan_resources(16, 4, "auto", {"CPU": 32.0 + 16 * 8, "GPU": 16.0}, nodes)
-    assert (plan.worker_cpus, plan.worker_gpus, plan.shard_cpus) == (8, 1, 1)
+    assert SHARD_THREADS == 2
+    assert (plan.worker_cpus, plan.worker_gpus, plan.shard_cpus) == (8, 1, 2)
+    small = [{"CPU": 8.0}] + [{"CPU": 8.0, "GPU": 1.0}] * 16  # 8 < 2 x 4 + 1
+    plan = plan_resources(16, 4, "auto", {"CPU": 8.0 + 16 * 8, "GPU": 16.0}, small)
+    assert (plan.worker_cpus, plan.shard_cpus) == (8, 1)
     here = {"CPU": 16.0, "GPU": 1.0}
     assert plan_resources(1, 4, "cuda", here, [here]).worker_cpus == 11
     two = {"CPU": 16.0, "GPU": 2.0}  # two GPUs share the node's CPUs

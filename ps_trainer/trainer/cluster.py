@@ -118,6 +118,14 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
+# A shard's push streams the model's arrays through memory; one core's bandwidth bounds it. Given
+# two torch threads, ResNet-50's push took 32.1 ms instead of 58.8 on a 2-core VM, and the
+# capacity benchmark's updates/s at 4 workers rose from 13.3 to 16.0 (docs/benchmarks.md). Shards
+# on CPU-only nodes with room for it (cluster/gpu.yaml's head) ask for this many CPUs, and get as
+# many threads. More were not measured (no machine here had the cores).
+SHARD_THREADS = 2
+
+
 @dataclass
 class ResourcePlan:
     worker_cpus: float
@@ -143,6 +151,9 @@ def plan_resources(workers: int, shards: int, device: str, resources: dict,
                              "--device cuda: the cluster has no GPU; use --device cpu or --address "
                              "of a GPU cluster (ray up cluster/gpu.yaml)")
         shard_cpus = min(1.0, max(cpus - workers, 0.0) / shards) if cpus else 0.0
+        cpu_only = sum(n.get("CPU", 0) for n in nodes or [] if n.get("GPU", 0) < 1)
+        if shard_cpus == 1.0 and cpu_only >= SHARD_THREADS * shards + 1:  # (+ 1: the driver)
+            shard_cpus = float(SHARD_THREADS)  # off the GPU nodes: their CPUs feed the loaders
         worker_cpus = min(1.0, cpus / (workers + shards)) if cpus else 0.0
         beside = _cpus_beside_each_gpu(nodes or [], shards * _floor(shard_cpus))
         return ResourcePlan(_floor(max(worker_cpus, beside)), 1.0, _floor(shard_cpus), "cuda")
