@@ -105,14 +105,6 @@ class ParamLayout:
             _scatter(model.named_buffers(), self.buffers, buffers)
 
 
-def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, step = [], 1
-    for n in reversed(shape):
-        strides.append(step)
-        step *= n
-    return tuple(reversed(strides))
-
-
 def _gather(named, entries: tuple[Entry, ...], total: int) -> np.ndarray:
     tensors = dict(named)
     flat = np.empty(total, dtype=np.float32)
@@ -214,8 +206,8 @@ class FlatModel:
         whole, cut = plan
         storage, base = src.untyped_storage(), src.storage_offset()
         with torch.no_grad():  # `set_` re-points a tensor in one call, 3x faster than `.data =`
-            for p, a, shape, stride in whole:
-                p.set_(storage, base + a, shape, stride)
+            for p, a, shape in whole:
+                p.set_(storage, base + a, shape)  # (contiguous strides)
         for p, e, a, b in cut:
             self.params[a:b].copy_(src[a - p0:b - p0])
             p.data = self._view(self.params, e)  # (already, unless `load` was mixed in)
@@ -228,7 +220,7 @@ class FlatModel:
             if a >= b:
                 continue
             if (a, b) == (e.offset, e.offset + e.numel):
-                whole.append((p, a - p0, e.shape, _contiguous_strides(e.shape)))
+                whole.append((p, a - p0, e.shape))
             else:
                 cut.append((p, e, a, b))
         return whole, cut

@@ -104,9 +104,9 @@ class Worker:
         self.exchange = exchange in (True, "on") and fetch_every == push_every == 1 \
             and hasattr(client, "exchange")
         self._exchanged: deque = deque()  # futures of the pulls the pushes' replies carry
-        # land auto|view|copy. On a CPU, a snapshot its client promises nobody writes again (a
-        # sealed object in Ray's object store) becomes the model's weights where it lies, with
-        # no landing copy (`FlatModel.alias`): auto does that wherever it can.
+        # land auto|copy. On a CPU, a snapshot its client promises nobody writes again (a sealed
+        # object in Ray's object store) becomes the model's weights where it lies, with no
+        # landing copy (`FlatModel.alias`): auto does that wherever it can.
         self.alias = land != "copy" and not cuda and not flat.permuted \
             and getattr(client, "sealed_snapshots", False)
         # Pulls and pushes go through the comm thread; the simulator does them in line, at the
