@@ -255,17 +255,20 @@ def store_size(max_workers: int, model_bytes: int) -> tuple[int, int, int]:
 
 
 def run_cell(path: str, servers: list, specs: list, workers: list, a, rates: list,
-             phases: list) -> tuple[int, list[int]]:
+             phases: list, batched: list) -> tuple[int, list[int]]:
     """One cell of ps-trainer (servers: shards) or (a) (servers: sinks): every worker loops until
-    the same moment. Returns (updates, pushes each shard counted: ps-trainer only)."""
+    the same moment. Returns (updates, pushes each shard counted: ps-trainer only); appends to
+    `batched` the pushes the shards applied together with others (group commit)."""
     import ray
 
     shards = servers if path == OURS else []
-    before = [st["pushes"] for st in ray.get([s.stats.remote() for s in shards])]
+    before = ray.get([s.stats.remote() for s in shards])
     stop_at = time.time() + a.seconds
     run = "run_ps" if path == OURS else "run_store"
     outs = ray.get([getattr(w, run).remote(servers, specs, stop_at, a.min_updates) for w in workers])
-    counted = [y["pushes"] - x for x, y in zip(before, ray.get([s.stats.remote() for s in shards]))]
+    after = ray.get([s.stats.remote() for s in shards])
+    counted = [y["pushes"] - x["pushes"] for x, y in zip(before, after)]
+    batched.append(sum(y["batched"] - x["batched"] for x, y in zip(before, after)))
     updates = sum(len(o["times"]) for o in outs)
     outcomes = sorted({x for o in outs for x in o["outcomes"]})
     if shards and (counted != [updates] * len(shards) or outcomes != ["applied"]):
@@ -329,6 +332,7 @@ def main() -> None:
     rates: dict = defaultdict(list)  # (path, model, S, K) -> updates/s, one per round
     phases: dict = defaultdict(list)  # (path, model, S, K) -> (pull, land, push) s per update
     cpu: dict = defaultdict(list)  # (path, model, S, K) -> {process group: CPU s per update}
+    batched: dict = defaultdict(list)  # (path, model, S, K) -> pushes applied together, per round
     checks = []  # (cell, updates, [pushes each shard counted])
     touched = False  # have the workers and the driver mapped the object store yet?
     for model in a.models:
@@ -365,7 +369,7 @@ def main() -> None:
                 touched = True
             for path in (OURS, STORE):
                 run_cell(path, shards if path == OURS else sinks, specs, workers[:max(a.workers)],
-                         argparse.Namespace(seconds=0.0, min_updates=1), [], [])
+                         argparse.Namespace(seconds=0.0, min_updates=1), [], [], [])
             if docs:
                 ray_docs_ps.run_async(docs[0], docs[1:], 0.0, len(docs) - 1)
             for r in range(a.rounds):
@@ -379,7 +383,8 @@ def main() -> None:
                         updates, counted = run_docs(docs, K, a, rates[key])
                     else:
                         updates, counted = run_cell(path, shards if path == OURS else sinks, specs,
-                                                    workers[:K], a, rates[key], phases[key])
+                                                    workers[:K], a, rates[key], phases[key],
+                                                    batched[key])
                     cpu[key].append({g: (cpu_seconds(p) - before[g]) / updates
                                      for g, p in groups.items()})
                     if path == OURS:
@@ -387,7 +392,9 @@ def main() -> None:
                     where = f"{model} S={S} K={K}" if path != DOCS else f"{model} K={K}"
                     print(f"round {r + 1}  {path:16} {where}: {rates[key][-1]:.2f} updates/s "
                           f"({updates} updates; shard pushes "
-                          f"{', '.join(map(str, counted)) if counted else '-'})", flush=True)
+                          f"{', '.join(map(str, counted)) if counted else '-'}"
+                          f"{f'; {batched[key][-1]} applied together' if path == OURS else ''})",
+                          flush=True)
             for h in shards + sinks + docs:
                 ray.kill(h)
     ray.shutdown()

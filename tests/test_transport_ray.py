@@ -8,8 +8,8 @@ from ps_trainer.core.policy import Async
 from ps_trainer.transport.ray_shard import INLINE_BYTES, ParameterServerShard, Push, RayClient
 
 
-def make(ray, n=1000, publish_every=1, index=0):
-    actor = ray.remote(ParameterServerShard).options(num_cpus=0, max_concurrency=4)
+def make(ray, n=1000, publish_every=1, index=0, concurrency=4):
+    actor = ray.remote(ParameterServerShard).options(num_cpus=0, max_concurrency=concurrency)
     return actor.remote(index, np.zeros(n, np.float32), np.ones(4, np.float32),
                         optimizer=NesterovMomentum(0.9, 0.0), schedule=LRSchedule(0.1),
                         policy=Async(), averager=PolyakAverage(0.5), publish_every=publish_every)
@@ -128,3 +128,47 @@ def test_a_restarted_shard_learns_which_workers_finished_since_its_checkpoint(
     ray.get(shard.finish_recovery.remote(10, {0: 2}, [1] if tell_finished else []))
     answer = ray.get(shard.pull.remote(worker=0, clock=2, timeout=1.0))
     assert (answer is not None) == tell_finished
+
+
+def test_pushes_that_queue_behind_a_busy_ray_shard_are_applied_together_exactly(ray_local):
+    """Group commit through a real threaded actor: five pushes sent while the shard's lock is
+    held (from inside the actor, as a long update would) are applied in one pass, and the shard
+    ends bit for bit where the same pushes applied one by one, in the order of their versions,
+    leave a ShardState."""
+    import time
+
+    from ps_trainer.core import ShardState
+
+    ray = ray_local
+    n = 300_000
+    shard = make(ray, n=n, concurrency=8)  # a thread for the hold, one for each push, one spare
+
+    def hold(self, seconds):
+        with self.state.lock:
+            time.sleep(seconds)
+
+    held = shard.__ray_call__.remote(hold, 2.0)
+    while not ray.get(shard.__ray_call__.remote(lambda self: self.state.lock.locked())):
+        time.sleep(0.01)
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal(n, dtype=np.float32) for _ in range(5)]
+    results = RayClient([shard]).results(
+        [shard.push.remote(Push(g, 0, w, np.full(4, float(w), np.float32), 0))
+         for w, g in enumerate(grads)])
+    ray.get(held)
+    assert sorted(r.version for r in results) == [1, 2, 3, 4, 5]
+    assert sorted(r.staleness for r in results) == [0, 1, 2, 3, 4]
+    stats = ray.get(shard.stats.remote())
+    assert stats["batched"] == 5 and stats["counters"] == {"applied": 5}
+    replay = ShardState(0, np.zeros(n, np.float32), np.ones(4, np.float32),
+                        optimizer=NesterovMomentum(0.9, 0.0), schedule=LRSchedule(0.1),
+                        policy=Async(), averager=PolyakAverage(0.5))
+    for r in sorted(results, key=lambda r: r.version):
+        w = r.worker
+        assert replay.push(grads[w], 0, w, np.full(4, float(w), np.float32)) == r
+    sd = ray.get(shard.state_dict.remote())
+    for k in ("params", "momentum", "average"):
+        np.testing.assert_array_equal(sd[k], replay.state_dict()[k], err_msg=k)
+    (w, version), = RayClient([shard]).pull()
+    assert version == 5
+    np.testing.assert_array_equal(w[:n], replay.params)

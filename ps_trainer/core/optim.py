@@ -22,7 +22,10 @@ Two kernels compute the rule (`NesterovMomentum.kernel`):
 - "inplace": torch.optim.SGD's own single-tensor rule, op for op, with public in-place ops on a
   scratch block (four passes over the block, in cache). Bit for bit what torch.optim.SGD(foreach=
   False) computes; about 1.3x the fused kernel's time (benchmarks/bench_shard_update.py).
-"auto" (the default) is "fused" where `fused_sgd_works()`, else "inplace".
+- "compiled": the whole push, this rule and the Polyak lerp, as one loop that torch.compile
+  builds (push_kernel.py): fastest on large shards, within float32 rounding of the rule.
+"auto" (the default) is "compiled" for shards of push_kernel.MIN_SIZE parameters or more with
+momentum, where it builds; else "fused" where `fused_sgd_works()`, else "inplace".
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ from dataclasses import dataclass
 
 import torch
 
+from . import push_kernel
+
 BLOCK = 1 << 20  # elements (4 MiB): measured fastest on the 2-core dev VMs, see benchmarks/
-KERNELS = ("auto", "fused", "inplace")
+KERNELS = ("auto", "fused", "inplace", "compiled")
 
 
 @functools.cache
@@ -67,7 +72,7 @@ class NesterovMomentum:
     momentum: float = 0.9
     weight_decay: float = 0.0
     nesterov: bool = True
-    kernel: str = "auto"  # "fused" | "inplace" | "auto" (fused where it works): see the module doc
+    kernel: str = "auto"  # "fused" | "inplace" | "compiled" | "auto": see the module doc
 
     def __post_init__(self):
         if not 0.0 <= self.momentum < 1.0:
@@ -79,9 +84,21 @@ class NesterovMomentum:
         if self.kernel == "fused" and not fused_sgd_works():
             raise ValueError(f"kernel='fused' needs torch._fused_sgd_ as torch 2.11-2.14 have it; "
                              f"torch {torch.__version__} does not: use kernel='auto' or 'inplace'")
+        if self.kernel == "compiled" and push_kernel.compiled() is None:
+            raise ValueError("kernel='compiled': torch.compile cannot build the push here (it "
+                             "needs a C++ compiler); use kernel='auto' or 'fused'")
         if self.nesterov and self.momentum == 0.0:
             # torch refuses nesterov without momentum; plain SGD is the same rule here.
             object.__setattr__(self, "nesterov", False)
+
+    def compiled_push(self, n: int) -> bool:
+        """Does a push on a shard of `n` parameters run the compiled loop (push_kernel.py)? Not
+        without momentum: torch's kernel leaves the buffer alone then, the loop would write it."""
+        if not self.momentum or self.kernel in ("fused", "inplace"):
+            return False
+        if self.kernel == "auto" and n < push_kernel.MIN_SIZE:
+            return False
+        return push_kernel.compiled() is not None
 
     @property
     def fused(self) -> bool:

@@ -22,6 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ import warnings
 import numpy as np
 import torch
 
-from . import dc_kernel
+from . import dc_kernel, push_kernel
 from .optim import BLOCK, NesterovMomentum
 from .policy import AGGREGATED, APPLIED, COMPENSATED, REJECTED, Async, Decision
 from .polyak import PolyakAverage
@@ -63,6 +64,31 @@ def to_bfloat16_bits(t: torch.Tensor) -> np.ndarray:
 def from_bfloat16_bits(bits: np.ndarray) -> np.ndarray:
     """The float32 values of bfloat16 bit patterns (exact: bfloat16 is float32's top half)."""
     return torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16).float().numpy()
+
+
+def gradient_finite(grad: np.ndarray) -> bool:
+    """Is every element finite? One vectorized read, no temporary: the sum of the elements is
+    finite only if every element is (an Inf or NaN anywhere makes it Inf or NaN). A sum that is
+    not finite (a NaN or Inf, or a float32 overflow of finite values) is settled exactly by the
+    minimum and maximum, both finite iff every element is. The sum reads at twice `aminmax`'s
+    speed on the Xeon VM (docs/benchmarks.md), at the same speed on the EPYC."""
+    t = torch.from_numpy(grad)
+    if math.isfinite(float(t.sum())):
+        return True
+    lo, hi = torch.aminmax(t)
+    return math.isfinite(float(lo)) and math.isfinite(float(hi))
+
+
+@dataclass
+class _Queued:
+    """A push waiting for its turn under the shard's lock (`ShardState.push`, group commit)."""
+    grad: np.ndarray
+    version_read: int
+    worker: int
+    bn_stats: np.ndarray | None
+    reason: str  # what `_check` found wrong ("" if nothing)
+    result: PushResult | None = None  # set by whichever push drained it
+    error: BaseException | None = None  # a bug met while deciding it, raised by its own pusher
 
 
 # Arrays from Ray's object store are read-only; we only ever read them through torch.from_numpy.
@@ -107,6 +133,7 @@ class ShardState:
         self.retired: set[int] = set()  # workers that finished and will push no more
         self.last_read: dict[int, int] = {}  # worker -> version its last valid push was computed on
         self.waits = 0  # pulls that had to wait for the policy
+        self.batched = 0  # pushes applied in one pass together with others (group commit)
         # DC-ASGD needs the weights each gradient was computed on: snapshots by version, and the
         # versions each worker read that a push of its may still carry. A gradient accumulated
         # over several pulls carries the first (oldest) of them, and a pull can overtake the push
@@ -119,6 +146,8 @@ class ShardState:
         self.contributors: set[int] = set()  # workers whose gradient is in the sum
         self.lock = threading.Lock()  # held while arrays change; kernels release the GIL
         self.cond = threading.Condition(self.lock)  # notified whenever a worker may have become ready
+        self._queue: list[_Queued] = []  # pushes checked and waiting for the lock, in arrival order
+        self._queue_lock = threading.Lock()  # guards `_queue` alone (never held while waiting)
         # torch views over the numpy storage: the kernels write the numpy arrays in place.
         self._w, self._buf = torch.from_numpy(self.params), torch.from_numpy(self.momentum)
         self._avg = torch.from_numpy(self.average) if self.average is not None else None
@@ -240,10 +269,7 @@ class ShardState:
                 return f"BatchNorm statistics must be float32 of shape {self.buffers.shape}"
             if not np.isfinite(bn_stats).all():
                 return "BatchNorm statistics contain NaN or Inf"
-        # min and max are both finite iff every element is (NaN propagates through both): one
-        # vectorized read pass, no temporary the size of the gradient, no overflow to fear.
-        lo, hi = torch.aminmax(torch.from_numpy(grad))
-        if not (np.isfinite(float(lo)) and np.isfinite(float(hi))):
+        if not gradient_finite(grad):
             return "gradient contains NaN or Inf"
         return ""
 
@@ -255,61 +281,106 @@ class ShardState:
 
     def push(self, grad: np.ndarray, version_read: int, worker: int = 0,
              bn_stats: np.ndarray | None = None, shard: int | None = None) -> PushResult:
-        """Apply (or reject) one gradient. Never raises on bad input: the outcome says what happened."""
+        """Apply (or reject) one gradient. Never raises on bad input: the outcome says what happened.
+
+        Group commit: a push that arrives while the shard is busy queues, and whichever push next
+        holds the lock decides every queued one in arrival order and applies the applied ones
+        together, block by block (`_steps`): each block of the weights, momentum and average is
+        read and written once for all of them. Every element's arithmetic is the same, in the
+        same order, as one push after another, so the result is bit for bit the same; what a
+        saturated shard saves is the memory traffic (see docs/architecture.md)."""
         if isinstance(grad, np.ndarray) and grad.dtype == BFLOAT16_BITS:
             grad = from_bfloat16_bits(grad)  # checked and accumulated in float32, as always
-        reason = self._check(grad, bn_stats, shard)
+        queued = _Queued(grad, version_read, worker, bn_stats, self._check(grad, bn_stats, shard))
+        with self._queue_lock:
+            self._queue.append(queued)
         with self.cond:
-            self.clocks[worker] += 1
-            self.cond.notify_all()  # a waiting worker may be ready now, whatever happens below
-            reason = reason or self._check_version(version_read)
-            if reason:
-                return self._record(worker, Decision(REJECTED, 0.0, reason), -1, -1, 0.0)
-            version_read = int(version_read)
-            staleness = self.version - version_read
-            decision = self.policy.decide(staleness)
-            if decision.outcome == AGGREGATED and worker in self.contributors:
-                # BSP: a step is the mean of K - b *workers'* gradients. A second gradient of the
-                # same worker on the same version (--fetch-every 2, or push_every > fetch_every)
-                # is refused, not held for the next step: it was computed on this step's weights,
-                # so in the next step it would be a gradient on old weights, which BSP drops as
-                # late anyway; held, it would also let one worker fill a quorum slot it has not
-                # earned. Counted, state unchanged.
-                decision = Decision(REJECTED, 0.0, f"duplicate: worker {worker} already has a "
-                                                   f"gradient in the step on version "
-                                                   f"{self.version} (one per worker)")
-            previous = self.last_read.get(worker, version_read)
-            self.last_read[worker] = version_read
-            if decision.outcome == REJECTED:
-                return self._record(worker, decision, version_read, staleness, 0.0)
-            if bn_stats is not None and bn_stats.size:
-                self.bn_slots[worker] = bn_stats.copy()
-                self.bn_versions[worker] = self.version
-            g = torch.from_numpy(grad)
-            lr = self.schedule(self.version) * decision.lr_scale
-            if decision.outcome == AGGREGATED:
-                self._agg.add_(g)
-                self._agg_count += 1
-                self.contributors.add(worker)
-                result = self._record(worker, decision, version_read, staleness, lr)
-                if self._agg_count >= self.policy.quorum(self):
-                    self._step_aggregate()
-                    result = dataclasses.replace(result, version=self.version)
-                return result
-            w_read = None
-            if self.policy.keeps_reads:
-                w_read = self._reads.get(version_read)
-                if w_read is None:  # e.g. after a restart: nothing to compensate against
-                    decision = Decision(APPLIED, decision.lr_scale, "no w_read kept")
-                else:
-                    w_read = torch.from_numpy(w_read)
-                    decision = Decision(COMPENSATED, decision.lr_scale)
-                # A worker's pushes carry non-decreasing versions; keep one push of slack, for a
-                # threaded server that runs two of its pushes out of order. (`w_read` holds its
-                # snapshot, whatever is let go here.)
-                self._forget_reads(worker, min(previous, version_read))
+            while queued.result is None and queued.error is None:  # (again if it was put back)
+                self._drain()
+        if queued.error is not None:
+            raise queued.error
+        return queued.result
+
+    def _drain(self) -> None:
+        """Decide every queued push in arrival order, then apply the plain steps among them in one
+        blocked pass (under the lock). A push that needs the arrays as they are at its turn
+        (DC-ASGD's compensation, a BSP step) first applies the steps decided before it."""
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        steps: list = []  # (g, lr, Polyak weight) of plain pushes decided, not yet applied
+        try:
+            for i, q in enumerate(batch):
+                try:
+                    q.result = self._decide(q, steps)
+                except BaseException as e:  # a bug, not bad input: its pusher raises it, and
+                    q.error = e  # the pushes behind it go back to the queue for their threads
+                    with self._queue_lock:
+                        self._queue[:0] = batch[i + 1:]
+                    break
+        finally:
+            self._steps(steps)
+
+    def _decide(self, q: "_Queued", steps: list) -> PushResult:
+        """One push's outcome, under the lock; a plain step is appended to `steps` (the version
+        moves now: readers take the lock, so none sees it before the arrays follow)."""
+        grad, version_read, worker, bn_stats, reason = (q.grad, q.version_read, q.worker,
+                                                        q.bn_stats, q.reason)
+        self.clocks[worker] += 1
+        self.cond.notify_all()  # a waiting worker may be ready now, whatever happens below
+        reason = reason or self._check_version(version_read)
+        if reason:
+            return self._record(worker, Decision(REJECTED, 0.0, reason), -1, -1, 0.0)
+        version_read = int(version_read)
+        staleness = self.version - version_read
+        decision = self.policy.decide(staleness)
+        if decision.outcome == AGGREGATED and worker in self.contributors:
+            # BSP: a step is the mean of K - b *workers'* gradients. A second gradient of the
+            # same worker on the same version (--fetch-every 2, or push_every > fetch_every)
+            # is refused, not held for the next step: it was computed on this step's weights,
+            # so in the next step it would be a gradient on old weights, which BSP drops as
+            # late anyway; held, it would also let one worker fill a quorum slot it has not
+            # earned. Counted, state unchanged.
+            decision = Decision(REJECTED, 0.0, f"duplicate: worker {worker} already has a "
+                                               f"gradient in the step on version "
+                                               f"{self.version} (one per worker)")
+        previous = self.last_read.get(worker, version_read)
+        self.last_read[worker] = version_read
+        if decision.outcome == REJECTED:
+            return self._record(worker, decision, version_read, staleness, 0.0)
+        if bn_stats is not None and bn_stats.size:
+            self.bn_slots[worker] = bn_stats.copy()
+            self.bn_versions[worker] = self.version
+        g = torch.from_numpy(grad)
+        lr = self.schedule(self.version) * decision.lr_scale
+        if decision.outcome == AGGREGATED:
+            self._agg.add_(g)
+            self._agg_count += 1
+            self.contributors.add(worker)
+            result = self._record(worker, decision, version_read, staleness, lr)
+            if self._agg_count >= self.policy.quorum(self):
+                self._flush(steps)
+                self._step_aggregate()
+                result = dataclasses.replace(result, version=self.version)
+            return result
+        w_read = None
+        if self.policy.keeps_reads:
+            w_read = self._reads.get(version_read)
+            if w_read is None:  # e.g. after a restart: nothing to compensate against
+                decision = Decision(APPLIED, decision.lr_scale, "no w_read kept")
+            else:
+                w_read = torch.from_numpy(w_read)
+                decision = Decision(COMPENSATED, decision.lr_scale)
+            # A worker's pushes carry non-decreasing versions; keep one push of slack, for a
+            # threaded server that runs two of its pushes out of order. (`w_read` holds its
+            # snapshot, whatever is let go here.)
+            self._forget_reads(worker, min(previous, version_read))
+        if w_read is not None:
+            self._flush(steps)
             self._apply(g, lr, w_read)
-            return self._record(worker, decision, version_read, staleness, lr)
+        else:
+            self.version += 1
+            steps.append((g, lr, self._polyak_weight()))
+        return self._record(worker, decision, version_read, staleness, lr)
 
     def reject(self, worker: int, reason: str) -> PushResult:
         """Record a push refused before it was looked at (e.g. by a recovering server)."""
@@ -326,37 +397,67 @@ class ShardState:
             self._agg_count = 0
             self.contributors.clear()
 
+    def _polyak_weight(self) -> float:
+        """The Polyak lerp's weight for the update that made the current version."""
+        return self.averager.weight(self.version) if self.averager else 0.0
+
+    def _flush(self, steps: list) -> None:
+        """Apply the plain steps decided so far (and forget them)."""
+        self._steps(steps)
+        steps.clear()
+
     def _apply(self, g: torch.Tensor, lr: float, w_read: torch.Tensor | None = None) -> None:
-        """One optimizer step by `g`; with `w_read` (DC-ASGD), g is first compensated against the
-        weights it was computed on. Block by block: the compensation, the SGD kernel and the
-        Polyak lerp each find the block's g and w in cache where the one before left them. A
-        compensated push takes the policy's smaller blocks: it keeps twice as many arrays in
-        cache as a plain one."""
+        """One optimizer step by `g`, now; with `w_read` (DC-ASGD), g is first compensated against
+        the weights it was computed on."""
         self.version += 1
-        weight = self.averager.weight(self.version) if self.averager else 0.0
+        weight = self._polyak_weight()
         n = self._w.shape[0]
-        mean_square = self.policy.running_mean_square(n) if w_read is not None else None
         opt = self.optimizer
         if w_read is not None and self.policy.compiled_push(n, opt.momentum):
             # DC-ASGD's whole push in one compiled loop (core/dc_kernel.py): no blocks needed
             p = self.policy
-            dc_kernel.push(self._w, self._buf, self._avg, mean_square, g, w_read, lr=lr,
-                           weight=weight, lam=p.lam, decay=p.mean_square_decay, eps=p.eps,
-                           weight_decay=opt.weight_decay, momentum=opt.momentum,
+            dc_kernel.push(self._w, self._buf, self._avg, self.policy.running_mean_square(n), g,
+                           w_read, lr=lr, weight=weight, lam=p.lam, decay=p.mean_square_decay,
+                           eps=p.eps, weight_decay=opt.weight_decay, momentum=opt.momentum,
                            nesterov=opt.nesterov)
             return
-        block = self.block if w_read is None else min(self.block, self.policy.block)
+        self._steps([(g, lr, weight)], w_read)
+
+    def _steps(self, steps: list, w_read: torch.Tensor | None = None) -> None:
+        """Apply `steps` [(g, lr, Polyak weight)] in order, block by block: in each block every
+        step runs the compensation (DC-ASGD: one step, with `w_read`), the SGD kernel and the
+        Polyak lerp (or the compiled loop that does both, push_kernel.py), each finding the
+        block's arrays in cache where the one before left them. A compensated push takes the
+        policy's blocks (it keeps twice as many arrays in cache as a plain one), the compiled loop
+        its own (push_kernel.BLOCK: larger, since each call costs 50 us)."""
+        if not steps:
+            return
+        if len(steps) > 1:
+            self.batched += len(steps)
+        n, opt = self._w.shape[0], self.optimizer
+        mean_square = self.policy.running_mean_square(n) if w_read is not None else None
+        compiled = w_read is None and opt.compiled_push(n)
+        block = (min(self.block, self.policy.block) if w_read is not None
+                 else push_kernel.BLOCK if compiled else self.block)
         out, tmp = self._scratch()
         for start in range(0, n, block):
             end = min(start + block, n)
-            w, gb = self._w[start:end], g[start:end]
-            if w_read is not None:
-                gb = self.policy.compensate(gb, w, w_read[start:end], out[:end - start],
-                                            tmp[:end - start],
-                                            None if mean_square is None else mean_square[start:end])
-            self.optimizer.step(w, self._buf[start:end], gb, lr, scratch=tmp)
-            if self._avg is not None:
-                self._avg[start:end].lerp_(w, weight)
+            w, buf = self._w[start:end], self._buf[start:end]
+            avg = self._avg[start:end] if self._avg is not None else None
+            for g, lr, weight in steps:
+                gb = g[start:end]
+                if compiled:
+                    push_kernel.push(w, buf, avg, gb, lr=lr, weight=weight,
+                                     weight_decay=opt.weight_decay, momentum=opt.momentum,
+                                     nesterov=opt.nesterov)
+                    continue
+                if w_read is not None:
+                    gb = self.policy.compensate(gb, w, w_read[start:end], out[:end - start],
+                                                tmp[:end - start],
+                                                None if mean_square is None else mean_square[start:end])
+                opt.step(w, buf, gb, lr, scratch=tmp)
+                if avg is not None:
+                    avg.lerp_(w, weight)
 
     def _scratch(self) -> torch.Tensor:  # (2, block)
         """Two blocks of scratch (the compensated gradient; the kernel's temporary), made once."""
@@ -383,6 +484,7 @@ class ShardState:
                 "counters": dict(self.counters),
                 "worker_counters": {w: dict(c) for w, c in self.worker_counters.items()},
                 "reject_reasons": dict(self.reject_reasons), "waits": self.waits,
+                "batched": self.batched,
                 "mean_staleness": self.staleness_sum / max(1, self.staleness_count)}
 
     def state_dict(self) -> dict:

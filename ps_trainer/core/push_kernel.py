@@ -1,0 +1,73 @@
+"""The plain push's update as one loop over the shard, compiled by torch.compile.
+
+A push applies Nesterov momentum with weight decay (optim.py) and then moves the Polyak average
+towards the new weights (polyak.py). In torch operations that is two kernels per block: torch's
+fused SGD (one pass) and the lerp, which re-reads the block's new weights from cache
+(`ShardState._steps`). Here the same arithmetic is one function that TorchInductor fuses into a
+single loop (C++ on a CPU): it reads g, w, the momentum buffer and the average once and writes
+three of them, every value in registers in between. On the Xeon VM that is 0.65-0.8x the eager
+blocks' time (docs/benchmarks.md, shard update).
+
+Its price, as for DC-ASGD's compiled push (dc_kernel.py): a C++ compiler at run time, one
+compilation per process (about 7 s here; torch's on-disk cache serves the next process), and
+numbers within float32 rounding of torch.optim.SGD, not bit for bit (the compiler contracts
+multiply-adds). So the optimizer's `kernel="auto"` takes it only for shards of `MIN_SIZE`
+parameters or more, with momentum, where `compiled()` built it and checked it against the eager
+formula; smaller shards (every test model, and the single-worker oracle against torch.optim.SGD)
+take torch's fused kernel, exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .dc_kernel import MIN_SIZE  # the same threshold: a compilation pays for itself there
+
+__all__ = ["BLOCK", "MIN_SIZE", "compiled", "plain_push", "push"]
+
+# Elements per call (16 MiB of each array): a call of the compiled function costs about 50 us
+# here, so the shard's 1M blocks paid 1.3 ms a push in calls; 4M blocks were fastest (25-27 ms
+# for 25.6M parameters, against 28-38 ms in 1M and 26-34 ms in one call; scratch runs, Xeon VM).
+BLOCK = 1 << 22
+
+
+def plain_push(w: torch.Tensor, buf: torch.Tensor, avg: torch.Tensor | None, g: torch.Tensor,
+               h: torch.Tensor, nesterov: bool) -> None:
+    """One push, in place on `w`, `buf` (momentum) and `avg` (Polyak, or None). `h` holds the
+    step's numbers as a tensor, so that new values reuse the compiled code: [lr, weight decay,
+    momentum, Polyak weight]. The formula of `NesterovMomentum` (torch.optim.SGD's), then the lerp."""
+    lr, wd, mom, weight = h.unbind()
+    d = g + wd * w
+    buf.copy_(mom * buf + d)
+    w.sub_(lr * (d + mom * buf) if nesterov else lr * buf)
+    if avg is not None:
+        avg.lerp_(w, weight)
+
+
+@functools.cache
+def compiled():
+    """`plain_push` compiled (dynamic shapes: one compilation serves every block and shard size),
+    or None where it cannot be built or does not match the eager function on a few numbers here
+    (no C++ compiler, an unsupported platform, a torch whose compiler changed). Once per process."""
+    try:
+        kernel = torch.compile(plain_push, dynamic=True, fullgraph=True)
+        gen = torch.Generator().manual_seed(0)
+        arrays = [torch.rand(37, generator=gen) for _ in range(4)]
+        mine, ref = [a.clone() for a in arrays], [a.clone() for a in arrays]
+        h = torch.tensor([0.1, 1e-3, 0.9, 0.3])
+        kernel(*mine, h, True)
+        plain_push(*ref, h, True)
+        if not all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(mine, ref)):
+            return None
+        return kernel
+    except Exception:  # noqa: BLE001 - whatever stops the compiler means: take the eager path
+        return None
+
+
+def push(w, buf, avg, g, *, lr: float, weight: float, weight_decay: float, momentum: float,
+         nesterov: bool) -> None:
+    """Run the compiled `plain_push` (the caller checked `compiled()` is not None)."""
+    h = torch.tensor([lr, weight_decay, momentum, weight], dtype=torch.float32)
+    compiled()(w, buf, avg, g, h, nesterov)
