@@ -225,12 +225,17 @@ def run(script, *args):
     return p.stdout
 
 
+PUSH = "ShardState.push (validate + SGD + Polyak: the compiled loop, kernel='auto')"
+
+
 def test_shard_update_benchmark_smoke_prints_the_ratios():
     out = run("bench_shard_update.py")
     rows = {name: (float(cpu), float(ratio), float(wall))
             for name, cpu, ratio, wall in re.findall(
                 r"^\| ([^|]+?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| [\d.]+ \|$", out, re.M)}
-    for name in ("memcpy (torch copy_)", "ShardState.push (validate + SGD + Polyak, blocked)",
+    for name in ("memcpy (torch copy_)", PUSH,
+                 "ShardState.push, 4 pushes queued and applied together (group commit), per push",
+                 "ShardState.push, torch's fused SGD kernel + lerp (kernel='fused', the push before)",
                  "ShardState.push, in-place fallback kernel",
                  "ShardState.push, DC-ASGD-a, compiled kernel (one loop: compensate + SGD + Polyak)",
                  "ShardState.push, DC-ASGD-a, eager kernel (compensate + SGD + Polyak, 256K blocks)",
@@ -246,11 +251,17 @@ def test_shard_update_benchmark_smoke_prints_the_ratios():
                    r"[\d.]+-[\d.]+x; in 1M blocks [\d.]+x; as before [\d.]+x\)", out)
     assert push and dc, out
     assert (push[2] == "met") == (float(push[1]) <= 2.5) and (dc[2] == "met") == (float(dc[1]) <= 2.0)
-    plain = rows["ShardState.push (validate + SGD + Polyak, blocked)"]
+    plain = rows[PUSH]
     assert float(push[1]) == pytest.approx(plain[1], abs=0.011)
     eager = rows["ShardState.push, DC-ASGD-a, eager kernel (compensate + SGD + Polyak, 256K blocks)"]
     # the ratio of the two rows' CPU ms, which are rounded to 0.05 either way
     assert (eager[0] - 0.05) / (plain[0] + 0.05) <= float(dc[3]) <= (eager[0] + 0.05) / (plain[0] - 0.05)
+    group = re.search(r"Group commit: a push applied with 1 / 3 others costs ([\d.]+)x / ([\d.]+)x a "
+                      r"push alone \(per round [\d.]+-[\d.]+x at 4\); with torch's fused kernel "
+                      r"([\d.]+)x at 4\. The compiled push = ([\d.]+)x the fused kernel's", out)
+    assert group, out
+    four = rows["ShardState.push, 4 pushes queued and applied together (group commit), per push"]
+    assert (four[0] - 0.05) / (plain[0] + 0.05) <= float(group[2]) <= (four[0] + 0.05) / (plain[0] - 0.05)
 
 
 def test_scaling_benchmark_smoke_prints_the_curve_and_the_shards_needed(tmp_path):
