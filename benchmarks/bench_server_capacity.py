@@ -398,7 +398,7 @@ def main() -> None:
             for h in shards + sinks + docs:
                 ray.kill(h)
     ray.shutdown()
-    text = report(a, layouts, model_bytes, rates, phases, cpu, checks, store, need, avail,
+    text = report(a, layouts, model_bytes, rates, phases, cpu, checks, batched, store, need, avail,
                   (load, os.getloadavg()))
     print(text)
     if not a.no_write:
@@ -410,7 +410,8 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def report(a, layouts, model_bytes, rates, phases, cpu, checks, store, need, avail, loads) -> str:
+def report(a, layouts, model_bytes, rates, phases, cpu, checks, batched, store, need, avail,
+           loads) -> str:
     K4 = 4 if 4 in a.docs_workers else max(a.docs_workers)
     lines = [f"Machine: {machine()}, ray {__import__('ray').__version__}, {time.strftime('%Y-%m-%d')}; "
              f"load average (1 min) {loads[0][0]:.2f} before, {loads[1][0]:.2f} after. "
@@ -424,9 +425,14 @@ def report(a, layouts, model_bytes, rates, phases, cpu, checks, store, need, ava
              "    python benchmarks/bench_server_capacity.py" + ("" if a.seconds == 3 and a.rounds == 3
                                                               else f" --seconds {a.seconds:g} --rounds {a.rounds}"), "",
              "An update = one worker's gradient pushed to every shard (and applied) plus one pull of every "
-             "shard's weights; MB/s counts both directions (2 x the model's float32 bytes per update).", "",
-             "| model | S | K | ps-trainer, updates/s | MB/s | (a) object store, updates/s | MB/s | ps-trainer / (a) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "shard's weights; MB/s counts both directions (2 x the model's float32 bytes per update). "
+             "Pushes applied together: the share of the pushes a shard applied in one pass with others "
+             "that had queued while it was busy (group commit, `ShardState.push`).", "",
+             "| model | S | K | ps-trainer, updates/s | MB/s | (a) object store, updates/s | MB/s | ps-trainer / (a) | pushes applied together |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    pushes = defaultdict(int)  # (path, model, S, K) -> pushes the shards received over the rounds
+    for key, updates, counted in checks:
+        pushes[key] += sum(counted)
     ratios = {}
     for model in a.models:
         mb = 2 * model_bytes[model] / 1e6
@@ -435,9 +441,10 @@ def report(a, layouts, model_bytes, rates, phases, cpu, checks, store, need, ava
                 ours, store_ = rates[(OURS, model, S, K)], rates[(STORE, model, S, K)]
                 per_round = [x / y for x, y in zip(ours, store_)]
                 ratios[(model, S, K)] = median(per_round)
+                together = sum(batched[(OURS, model, S, K)]) / max(1, pushes[(OURS, model, S, K)])
                 lines.append(f"| {model} | {S} | {K} | {median(ours):.2f} | {mb * median(ours):.0f} | "
                              f"{median(store_):.2f} | {mb * median(store_):.0f} | "
-                             f"{100 * ratios[(model, S, K)]:.0f}% |")
+                             f"{100 * ratios[(model, S, K)]:.0f}% | {100 * together:.0f}% |")
     docs_model = a.models[0]
     S1 = min(a.shards)
     mb = 2 * model_bytes[docs_model] / 1e6
@@ -484,7 +491,8 @@ def reading(a, rates, cpu, model, S1, K4) -> list[str]:
     return ["", f"Reading it ({model}, S={S1}, K={K4}; CPU from the table below): an update costs "
                 f"ps-trainer {ours[0]:.0f} CPU ms, (a) {store_[0]:.0f} and (b) {docs[0]:.0f}. Per update "
                 f"the shard does all of (a)'s work plus a read of the gradient (the finiteness check), "
-                f"Nesterov with weight decay and the Polyak lerp (the same copies): on cores "
+                f"Nesterov with weight decay and the Polyak lerp (one compiled loop; pushes that "
+                f"queued while the shard was busy share one pass of it): on cores "
                 f"that are all busy, ps-trainer / (a) cannot pass {100 * store_[0] / ours[0]:.0f}% "
                 f"here. Against (b), ps-trainer spends {docs[0] / ours[0]:.1f}x less CPU per update, "
                 f"yet kept only {ours[1]:.2f} cores busy where (b) kept {docs[1]:.2f}. That fits the "
@@ -505,8 +513,9 @@ def copies_table() -> str:
         "1: the `ray.put` of `[weights \\| BN]` straight from the shard's storage, under its "
         "lock (`ShardState.publication`); `ray.get` is zero-copy and the worker's model reads "
         "the snapshot in place (`FlatModel.alias`; only tensors a shard boundary cuts are copied) "
-        "| 2 | validation (one read), Nesterov + weight decay and the Polyak lerp (blocked, "
-        "2.5x a memcpy in all) |",
+        "| 2 | validation (one read: the sum), Nesterov + weight decay and the Polyak lerp (one "
+        "compiled loop, 2.5x a memcpy in all with the validation; pushes queued behind a busy "
+        "shard share one pass: group commit) |",
         "| (a) object store | 1: the same put | 1: the sink's `ray.put`, landed the same way | 2 | none |",
         "| (b) Ray docs | 3: the worker's returned list put into the store, `np.stack`, "
         "`.sum(axis=0)` | 6: a tensor pickles as `torch.save` into a BytesIO, the pickled bytes "

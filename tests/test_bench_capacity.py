@@ -22,7 +22,7 @@ def run(script: str, timeout: float = 180) -> str:
 
 
 CELL = re.compile(r"^round (\d+)  (ps-trainer|\(a\) object store|\(b\) Ray docs PS)\s+(\S+)"
-                  r"(?: S=(\d+))? K=(\d+): ([\d.]+) updates/s \((\d+) updates; shard pushes ([\d, -]+)\)$",
+                  r"(?: S=(\d+))? K=(\d+): ([\d.]+) updates/s \((\d+) updates; shard pushes ([\d, -]+)(?:; (\d+) applied together)?\)$",
                   re.M)
 
 
@@ -32,17 +32,23 @@ def test_server_capacity_smoke_counts_every_update_on_every_path():
     cells = CELL.findall(out)
     paths = {c[1] for c in cells}
     assert paths == {"ps-trainer", "(a) object store", "(b) Ray docs PS"}, out
-    for _, path, _, S, K, rate, updates, pushes in cells:
+    for _, path, _, S, K, rate, updates, pushes, together in cells:
         assert float(rate) > 0 and int(updates) >= 2 * int(K), (path, S, K)  # --min-updates 2
         if path == "ps-trainer":  # each shard counted exactly the workers' updates
             assert [int(x) for x in pushes.split(", ")] == [int(updates)] * int(S), (S, K, pushes)
+            assert 0 <= int(together) <= int(S) * int(updates)  # (a push batched, counted once)
+        else:
+            assert together == ""
     ours = sum(int(c[6]) for c in cells if c[1] == "ps-trainer")
     assert f"({ours} updates in all), every one applied" in out
     # the table: MB/s is updates/s x 2 x the model's bytes, the ratio is ours / (a)
-    rows = re.findall(r"^\| resnet50 \| (\d+) \| (\d+) \| ([\d.]+) \| (\d+) \| ([\d.]+) \| (\d+) \| (\d+)% \|$",
-                      out, re.M)
+    rows = re.findall(r"^\| resnet50 \| (\d+) \| (\d+) \| ([\d.]+) \| (\d+) \| ([\d.]+) \| (\d+) \| (\d+)% \| "
+                      r"(\d+)% \|$", out, re.M)
     assert len(rows) == 2, out  # smoke: S=2, K=1 and 2
-    for S, K, ours_rate, ours_mb, base_rate, base_mb, pct in rows:
+    for S, K, ours_rate, ours_mb, base_rate, base_mb, pct, together in rows:
+        assert 0 <= int(together) <= 100
+        if K == "1":  # one worker pushes one gradient at a time: nothing ever queues
+            assert together == "0"
         assert float(ours_rate) > 0 and float(base_rate) > 0
         assert abs(int(ours_mb) / float(ours_rate) - int(base_mb) / float(base_rate)) < 2
         assert abs(int(pct) - 100 * float(ours_rate) / float(base_rate)) <= 1
