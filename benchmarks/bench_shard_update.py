@@ -55,20 +55,44 @@ PUSH_EAGER = "ShardState.push, torch's fused SGD kernel + lerp (kernel='fused', 
 QUEUED_EAGER = "the same, 4 pushes queued and applied together, per push"
 
 
-NOTES = """What the rows say. A push is a validation pass (one read of the gradient, `torch.aminmax`)
-and then the update in 4 MiB blocks: the fused SGD kernel, then the Polyak `lerp` while the block's
-new weights are still in cache. A push with a NaN or Inf must leave the state unchanged, so the
-whole gradient is checked before any of it is applied. Checking each block just before applying it
-(the "not exact" row) could not undo the blocks already applied, and saved nothing measurable here
-anyway: a 4 MiB block no longer sits in the 1 MiB L2 when the kernel reads it again. Also measured
-while writing this (scratch scripts, CPU time, same VM) and not used: `sum`, `max` or `dot(g, g)`
-as the finite check (within 4% of `aminmax`); validating in reverse block order so that the first
-blocks are still in L3 (no gain); blocks of 64K-2M elements (1M best, by 3% over 512K); the
-shard's arrays on 2 MiB pages (1.5-2% faster, not worth the code). The update reads four
-shard-sized arrays and writes three, the check reads one more. Over the runs made while writing
-this (nine of this script, more of scratch scripts) the push took 19.0-22.0 ms and the memcpy
-6.6-10.8 ms (slowest when other sessions loaded the memory bus): 1.9-2.7x, 1.9-2.4x in this
-script's runs. So the 2.5x target is met, but not by a margin that survives every machine state.
+NOTES = """What the rows say. A push is a validation pass (one read of the gradient: its sum, which
+is finite only if every element is; `gradient_finite`) and then the update. On a shard of 4M+
+parameters the update is one loop that torch.compile builds (core/push_kernel.py): Nesterov with
+weight decay and the Polyak lerp together, in 16 MiB blocks (a call costs about 50 us). Below
+that size, and with `kernel='fused'`, it is torch's fused SGD kernel and then the lerp, in 4 MiB
+blocks, the lerp finding the block's new weights in cache. A push with a NaN or Inf must leave
+the state unchanged, so the whole gradient is checked before any of it is applied. Checking each
+block just before applying it (the "not exact" row) could not undo the blocks already applied.
+
+Session 13 (2026-12-01, the 2-core Xeon VM, whose memcpy is 12.8-17.1 ms where the EPYC's was
+6.6-10.8): on this machine the push of torch's kernels took 2.94-3.50x a memcpy in four runs of
+this script, past the 2.5x target the EPYC met (2.39x). With the three changes below it took 2.75x
+(the loop in 1M blocks), then 2.50x and 2.02x (in 4M blocks, as now). Each change, measured here:
+- The check reads the sum (`torch.sum`, one vectorized read) where it read `torch.aminmax`:
+  7.5-8.2 ms against 12.5-13.7 here (on the EPYC they were within 4%). A sum that is not finite
+  (a NaN or Inf, or finite values whose float32 sum overflows) is settled by `aminmax`, so the
+  answer is exact either way (tests/test_core_group_commit.py).
+- The compiled loop: 0.65-0.8x the fused kernel and lerp in scratch runs (25-28 ms against
+  35-42 ms for the update alone). The loop moves 7 x 98 MiB, the traffic of three and a half
+  memcpys, at about the speed of 2 memcpys. Its numbers are within float32 rounding of torch's
+  kernel, not bit for bit (tests/test_push_kernel.py), so shards below 4M parameters keep the
+  exact kernel. Blocks of 256K, 1M and 4M, and one call: 4M fastest (the call overhead).
+- Group commit (`ShardState.push`): pushes that queue behind a busy shard are applied in one pass,
+  each block read once for all of them; the rows give the cost per push when 2 and 4 are applied
+  together. Bit for bit what one push after another gives: elementwise arithmetic, same order.
+  With torch's kernel (4 MiB blocks) 4 pushes together cost 0.78-0.83x a push alone over three
+  runs; with the compiled loop (16 MiB blocks, seven arrays: no longer in cache between pushes)
+  0.91-1.10x, no saving in the update itself, and smaller blocks for the loop did not show one
+  either (scratch runs, 1-4M blocks, within noise). What a group still saves there is the
+  snapshots: one publication serves every reply of the group (bench_server_capacity.py).
+  Blocks of 128K instead of 1M for a group with torch's kernel were within noise (37.4 against
+  37.7 ms per push for 4), so a group takes the single push's blocks.
+Not used: `torch.compile`d sum or `isfinite().all()` as the check, and `dot(g, g)` (all within
+noise of the sum); the lerp written as `add` in the compiled loop, and static shapes (within 5%).
+On the EPYC (sessions 5-11; scratch scripts and nine runs of this script) `sum`, `max` and
+`dot(g, g)` were within 4% of `aminmax`, validating in reverse block order gained nothing,
+blocks of 1M were best (by 3% over 512K), and 2 MiB pages gained 1.5-2%: the push took 1.9-2.7x
+a memcpy there.
 
 DC-ASGD-a compensates block by block into a scratch block, just before the block's SGD step,
 so it allocates nothing shard-sized, where the formula as tensor expressions allocated five 100 MB

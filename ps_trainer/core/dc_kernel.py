@@ -3,7 +3,7 @@
 A delay-compensated push (Zheng et al. 2017) is the compensation g + lambda_t * g * g * (w_now -
 w_read), then Nesterov momentum with weight decay (optim.py), then the Polyak average (polyak.py).
 Written in torch operations (`DelayCompensated.compensate`, then the SGD kernel and the lerp,
-block by block: `ShardState._apply`) that is ten passes over each block, and a single thread pays
+block by block: `ShardState._steps`) that is ten passes over each block, and a single thread pays
 for every pass: about 3x the plain push's time. Here the same arithmetic is one function that
 TorchInductor fuses into a single loop (C++ on a CPU): it reads g, w, w_read, the mean square, the
 momentum buffer and the average once and writes four of them, and costs about what the plain push

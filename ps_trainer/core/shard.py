@@ -11,6 +11,9 @@ Invariants:
   leaves every array and the version unchanged.
 - The optimizer (Nesterov momentum, weight decay, lr schedule) runs here, in place; workers send
   raw gradients. The Polyak average follows every applied update.
+- Pushes are decided in the order they reached the queue, one at a time, under the lock; those
+  that queued while the shard was busy are applied together (group commit, `push`), with exactly
+  the numbers one after another would give.
 - BatchNorm running statistics are state, not gradients: each push may carry the worker's current
   statistics; the shard keeps each worker's latest and serves their mean.
 - Coordination facts live here too, so coordinating policies (SSP, BSP) need no extra process:
@@ -151,7 +154,7 @@ class ShardState:
         # torch views over the numpy storage: the kernels write the numpy arrays in place.
         self._w, self._buf = torch.from_numpy(self.params), torch.from_numpy(self.momentum)
         self._avg = torch.from_numpy(self.average) if self.average is not None else None
-        self._blocks: torch.Tensor | None = None  # (2, block) scratch of `_apply`, made when first needed
+        self._blocks: torch.Tensor | None = None  # (2, block) scratch of `_steps`, made when first needed
 
     # ---- pull ------------------------------------------------------------------------------------
     def pull(self) -> tuple[np.ndarray, np.ndarray, int]:
