@@ -81,10 +81,11 @@ this script, past the 2.5x target the EPYC met (2.39x). With the three changes b
   each block read once for all of them; the rows give the cost per push when 2 and 4 are applied
   together. Bit for bit what one push after another gives: elementwise arithmetic, same order.
   With torch's kernel (4 MiB blocks) 4 pushes together cost 0.78-0.83x a push alone over three
-  runs; with the compiled loop (16 MiB blocks, seven arrays: no longer in cache between pushes)
-  0.91-1.10x, no saving in the update itself, and smaller blocks for the loop did not show one
-  either (scratch runs, 1-4M blocks, within noise). What a group still saves there is the
-  snapshots: one publication serves every reply of the group (bench_server_capacity.py).
+  runs. The compiled loop first ran a group push by push in each 16 MiB block (seven arrays:
+  no longer in cache between pushes) and saved nothing (0.91-1.10x); it now runs the whole group
+  in one loop (`plain_push` takes a list of gradients; a group size compiles once, 2-3 s), each
+  element read and written once for all of them: 4 pushes cost 12.5 ms each against 28-30 ms
+  alone in a scratch run, bit for bit the same numbers as four calls (tested).
   Blocks of 128K instead of 1M for a group with torch's kernel were within noise (37.4 against
   37.7 ms per push for 4), so a group takes the single push's blocks.
 Not used: `torch.compile`d sum or `isfinite().all()` as the check, and `dot(g, g)` (all within

@@ -6,7 +6,9 @@ fused SGD (one pass) and the lerp, which re-reads the block's new weights from c
 (`ShardState._steps`). Here the same arithmetic is one function that TorchInductor fuses into a
 single loop (C++ on a CPU): it reads g, w, the momentum buffer and the average once and writes
 three of them, every value in registers in between. On the Xeon VM that is 0.65-0.8x the eager
-blocks' time (docs/benchmarks.md, shard update).
+blocks' time (docs/benchmarks.md, shard update). Several pushes that queued behind a busy shard
+(group commit) run in the same loop: each element is read and written once for all of them, so 4
+pushes cost about 0.45x of 4 single ones, and give the same numbers, bit for bit.
 
 Its price, as for DC-ASGD's compiled push (dc_kernel.py): a C++ compiler at run time, one
 compilation per process (about 7 s here; torch's on-disk cache serves the next process), and
@@ -25,7 +27,12 @@ import torch
 
 from .dc_kernel import MIN_SIZE  # the same threshold: a compilation pays for itself there
 
-__all__ = ["BLOCK", "MIN_SIZE", "compiled", "plain_push", "push"]
+__all__ = ["BLOCK", "GROUP", "MIN_SIZE", "compiled", "numbers", "plain_push", "push"]
+
+# Pushes per call at most. Every group size is a compilation of its own (2-3 s once torch has
+# compiled the first), and torch.compile keeps 8 variants of a function; groups of up to 4 cover
+# what queues behind a shard at K=16 in four calls or fewer per block.
+GROUP = 4
 
 # Elements per call (16 MiB of each array): a call of the compiled function costs about 50 us
 # here, so the shard's 1M blocks paid 1.3 ms a push in calls; 4M blocks were fastest (25-27 ms
@@ -33,32 +40,37 @@ __all__ = ["BLOCK", "MIN_SIZE", "compiled", "plain_push", "push"]
 BLOCK = 1 << 22
 
 
-def plain_push(w: torch.Tensor, buf: torch.Tensor, avg: torch.Tensor | None, g: torch.Tensor,
-               h: torch.Tensor, nesterov: bool) -> None:
-    """One push, in place on `w`, `buf` (momentum) and `avg` (Polyak, or None). `h` holds the
-    step's numbers as a tensor, so that new values reuse the compiled code: [lr, weight decay,
-    momentum, Polyak weight]. The formula of `NesterovMomentum` (torch.optim.SGD's), then the lerp."""
-    lr, wd, mom, weight = h.unbind()
-    d = g + wd * w
-    buf.copy_(mom * buf + d)
-    w.sub_(lr * (d + mom * buf) if nesterov else lr * buf)
-    if avg is not None:
-        avg.lerp_(w, weight)
+def plain_push(w: torch.Tensor, buf: torch.Tensor, avg: torch.Tensor | None,
+               gs: list[torch.Tensor], hs: torch.Tensor, nesterov: bool) -> None:
+    """Push after push, in place on `w`, `buf` (momentum) and `avg` (Polyak, or None): for each
+    gradient in `gs`, the formula of `NesterovMomentum` (torch.optim.SGD's), then the lerp. Row i of
+    `hs` holds push i's numbers as a tensor, so that new values reuse the compiled code: [lr,
+    weight decay, momentum, Polyak weight]. Compiled, the pushes of a group run in one loop: each
+    element is read once, every push's arithmetic applied to it in registers, in order, and
+    written once (ShardState's group commit): the same values as one call per push."""
+    for i, g in enumerate(gs):
+        lr, wd, mom, weight = hs[i].unbind()
+        d = g + wd * w
+        buf.copy_(mom * buf + d)
+        w.sub_(lr * (d + mom * buf) if nesterov else lr * buf)
+        if avg is not None:
+            avg.lerp_(w, weight)
 
 
 @functools.cache
 def compiled():
-    """`plain_push` compiled (dynamic shapes: one compilation serves every block and shard size),
-    or None where it cannot be built or does not match the eager function on a few numbers here
-    (no C++ compiler, an unsupported platform, a torch whose compiler changed). Once per process."""
+    """`plain_push` compiled (dynamic shapes: one compilation serves every block and shard size;
+    each group size compiles once, on first use), or None where it cannot be built or does not
+    match the eager function on a few numbers here (no C++ compiler, an unsupported platform, a
+    torch whose compiler changed). Once per process."""
     try:
         kernel = torch.compile(plain_push, dynamic=True, fullgraph=True)
         gen = torch.Generator().manual_seed(0)
         arrays = [torch.rand(37, generator=gen) for _ in range(4)]
         mine, ref = [a.clone() for a in arrays], [a.clone() for a in arrays]
-        h = torch.tensor([0.1, 1e-3, 0.9, 0.3])
-        kernel(*mine, h, True)
-        plain_push(*ref, h, True)
+        h = torch.tensor([[0.1, 1e-3, 0.9, 0.3]])
+        kernel(*mine[:3], mine[3:], h, True)
+        plain_push(*ref[:3], ref[3:], h, True)
         if not all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(mine, ref)):
             return None
         return kernel
@@ -66,8 +78,14 @@ def compiled():
         return None
 
 
-def push(w, buf, avg, g, *, lr: float, weight: float, weight_decay: float, momentum: float,
-         nesterov: bool) -> None:
-    """Run the compiled `plain_push` (the caller checked `compiled()` is not None)."""
-    h = torch.tensor([lr, weight_decay, momentum, weight], dtype=torch.float32)
-    compiled()(w, buf, avg, g, h, nesterov)
+def push(w, buf, avg, gs: list, hs: torch.Tensor, *, nesterov: bool) -> None:
+    """Run the compiled `plain_push` on `gs` in groups of at most GROUP (the caller checked
+    `compiled()` is not None); `hs`: (len(gs), 4) float32, see `plain_push`."""
+    for i in range(0, len(gs), GROUP):
+        compiled()(w, buf, avg, gs[i:i + GROUP], hs[i:i + GROUP], nesterov)
+
+
+def numbers(steps: list, weight_decay: float, momentum: float) -> torch.Tensor:
+    """`hs` for `push`: one row [lr, weight decay, momentum, Polyak weight] per (g, lr, weight)."""
+    return torch.tensor([[lr, weight_decay, momentum, weight] for _, lr, weight in steps],
+                        dtype=torch.float32)

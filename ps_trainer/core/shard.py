@@ -429,7 +429,8 @@ class ShardState:
     def _steps(self, steps: list, w_read: torch.Tensor | None = None) -> None:
         """Apply `steps` [(g, lr, Polyak weight)] in order, block by block: in each block every
         step runs the compensation (DC-ASGD: one step, with `w_read`), the SGD kernel and the
-        Polyak lerp (or the compiled loop that does both, push_kernel.py), each finding the
+        Polyak lerp (or the compiled loop that does both, for the whole group at once:
+        push_kernel.py), each finding the
         block's arrays in cache where the one before left them. A compensated push takes the
         policy's blocks (it keeps twice as many arrays in cache as a plain one), the compiled loop
         its own (push_kernel.BLOCK: larger, since each call costs 50 us)."""
@@ -443,17 +444,17 @@ class ShardState:
         block = (min(self.block, self.policy.block) if w_read is not None
                  else push_kernel.BLOCK if compiled else self.block)
         out, tmp = self._scratch()
+        hs = push_kernel.numbers(steps, opt.weight_decay, opt.momentum) if compiled else None
         for start in range(0, n, block):
             end = min(start + block, n)
             w, buf = self._w[start:end], self._buf[start:end]
             avg = self._avg[start:end] if self._avg is not None else None
+            if compiled:  # the whole group in one loop over the block
+                push_kernel.push(w, buf, avg, [g[start:end] for g, _, _ in steps], hs,
+                                 nesterov=opt.nesterov)
+                continue
             for g, lr, weight in steps:
                 gb = g[start:end]
-                if compiled:
-                    push_kernel.push(w, buf, avg, gb, lr=lr, weight=weight,
-                                     weight_decay=opt.weight_decay, momentum=opt.momentum,
-                                     nesterov=opt.nesterov)
-                    continue
                 if w_read is not None:
                     gb = self.policy.compensate(gb, w, w_read[start:end], out[:end - start],
                                                 tmp[:end - start],
