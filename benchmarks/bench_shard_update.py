@@ -67,7 +67,7 @@ block just before applying it (the "not exact" row) could not undo the blocks al
 Session 13 (2026-12-01, the 2-core Xeon VM, whose memcpy is 12.8-17.1 ms where the EPYC's was
 6.6-10.8): on this machine the push of torch's kernels took 2.94-3.50x a memcpy in four runs of
 this script, past the 2.5x target the EPYC met (2.39x). With the three changes below it took 2.75x
-(the loop in 1M blocks), then 2.50x and 2.02x (in 4M blocks, as now). Each change, measured here:
+(the loop in 1M blocks), then 2.50x, 2.02x and 2.29x (in 4M blocks, as now). Each change, measured here:
 - The check reads the sum (`torch.sum`, one vectorized read) where it read `torch.aminmax`:
   7.5-8.2 ms against 12.5-13.7 here (on the EPYC they were within 4%). A sum that is not finite
   (a NaN or Inf, or finite values whose float32 sum overflows) is settled by `aminmax`, so the

@@ -41,3 +41,28 @@ def test_auto_compiles_only_large_shards_with_momentum():
     assert not NesterovMomentum(0.0).compiled_push(push_kernel.MIN_SIZE)  # no buffer to write
     for kernel in ("fused", "inplace"):
         assert not NesterovMomentum(0.9, kernel=kernel).compiled_push(push_kernel.MIN_SIZE)
+
+
+@pytest.mark.parametrize("k,averaged", [(3, True), (6, False)])
+def test_a_group_in_one_loop_equals_one_call_per_push_bit_for_bit(k, averaged):
+    """Group commit's compiled path: k pushes in one loop over the arrays (in calls of at most
+    GROUP) give exactly what k calls of one push give, element for element."""
+    assert push_kernel.compiled() is not None
+    torch = pytest.importorskip("torch")
+    n = 10_007
+    gen = torch.Generator().manual_seed(0)
+    w, buf, avg = (torch.randn(n, generator=gen) for _ in range(3))
+    gs = [0.1 * torch.randn(n, generator=gen) for _ in range(k)]
+    steps = [(g, 0.05 / (i + 1), 0.1 * (i + 1)) for i, g in enumerate(gs)]
+    hs = push_kernel.numbers(steps, 5e-4, 0.9)
+    assert hs.shape == (k, 4) and hs[1].tolist() == pytest.approx([0.025, 5e-4, 0.9, 0.2])
+    one = [t.clone() for t in (w, buf, avg)]
+    push_kernel.push(one[0], one[1], one[2] if averaged else None, gs, hs, nesterov=True)
+    each = [t.clone() for t in (w, buf, avg)]
+    for i, g in enumerate(gs):
+        push_kernel.push(each[0], each[1], each[2] if averaged else None, [g], hs[i:i + 1],
+                         nesterov=True)
+    for a, b in zip(one, each):
+        assert torch.equal(a, b)
+    assert not torch.equal(one[0], w)  # the pushes moved the weights
+    assert torch.equal(one[2], avg) != averaged  # the average moved only where there is one
