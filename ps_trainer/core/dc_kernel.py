@@ -23,7 +23,7 @@ import functools
 
 import torch
 
-MIN_SIZE = 1 << 22  # parameters: a smaller shard's DC-ASGD push stays eager under kernel="auto"
+from .push_kernel import MIN_SIZE, step  # the same threshold and the plain push's arithmetic
 KERNELS = ("auto", "compiled", "eager")
 
 
@@ -40,11 +40,7 @@ def dc_push(w: torch.Tensor, buf: torch.Tensor, avg: torch.Tensor | None, ms: to
     else:
         ms.copy_(ms * m + (1 - m) * (g * g))
         g = g + lam * ((w - w_read) * g * g / (torch.sqrt(ms) + eps))
-    d = g + wd * w
-    buf.copy_(mom * buf + d)
-    w.sub_(lr * (d + mom * buf) if nesterov else lr * buf)
-    if avg is not None:
-        avg.lerp_(w, weight)
+    step(w, buf, avg, g, lr, wd, mom, weight, nesterov)
 
 
 @functools.cache

@@ -25,9 +25,9 @@ import functools
 
 import torch
 
-from .dc_kernel import MIN_SIZE  # the same threshold: a compilation pays for itself there
+__all__ = ["BLOCK", "GROUP", "MIN_SIZE", "compiled", "numbers", "plain_push", "push", "step"]
 
-__all__ = ["BLOCK", "GROUP", "MIN_SIZE", "compiled", "numbers", "plain_push", "push"]
+MIN_SIZE = 1 << 22  # parameters: a smaller shard's push stays eager under kernel="auto"
 
 # Pushes per call at most. Every group size is a compilation of its own (2-3 s once torch has
 # compiled the first), and torch.compile keeps 8 variants of a function; groups of up to 4 cover
@@ -49,12 +49,17 @@ def plain_push(w: torch.Tensor, buf: torch.Tensor, avg: torch.Tensor | None,
     element is read once, every push's arithmetic applied to it in registers, in order, and
     written once (ShardState's group commit): the same values as one call per push."""
     for i, g in enumerate(gs):
-        lr, wd, mom, weight = hs[i].unbind()
-        d = g + wd * w
-        buf.copy_(mom * buf + d)
-        w.sub_(lr * (d + mom * buf) if nesterov else lr * buf)
-        if avg is not None:
-            avg.lerp_(w, weight)
+        step(w, buf, avg, g, *hs[i].unbind(), nesterov)
+
+
+def step(w, buf, avg, g, lr, wd, mom, weight, nesterov: bool) -> None:
+    """One push's arithmetic, as `NesterovMomentum.step` and the Polyak lerp compute it; the
+    compiled kernels (this one and DC-ASGD's, dc_kernel.py) trace it into their loops."""
+    d = g + wd * w
+    buf.copy_(mom * buf + d)
+    w.sub_(lr * (d + mom * buf) if nesterov else lr * buf)
+    if avg is not None:
+        avg.lerp_(w, weight)
 
 
 @functools.cache
