@@ -65,7 +65,7 @@ the state unchanged, so the whole gradient is checked before any of it is applie
 block just before applying it (the "not exact" row) could not undo the blocks already applied.
 
 Session 13 (2026-12-01, the 2-core Xeon VM, whose memcpy is 12.8-17.1 ms where the EPYC's was
-6.6-10.8): on this machine the push of torch's kernels took 2.94-3.50x a memcpy in four runs of
+6.6-10.8): on this machine the push of torch's kernels took 2.75-3.50x a memcpy in five runs of
 this script, past the 2.5x target the EPYC met (2.39x). With the three changes below it took 2.75x
 (the loop in 1M blocks), then 2.50x, 2.02x and 2.29x (in 4M blocks, as now). Each change, measured here:
 - The check reads the sum (`torch.sum`, one vectorized read) where it read `torch.aminmax`:
