@@ -59,6 +59,7 @@ def _rows(run_dir: Path) -> dict:
     return pq.ParquetDataset(run_dir / "pushes.parquet").read().to_pydict()
 
 
+@pytest.mark.slow  # 9-13 s: moved to the slow set to keep the default run under 10 min
 def test_two_workers_train_digits_through_ps_train_serve_with_every_push_accounted(tmp_path):
     run = tmp_path / "served"
     server = _start(["serve", "--model", "digits_cnn", "--ps-shards", "2", "--workers", "2",

@@ -26,6 +26,7 @@ def test_auto_is_on_for_a_gpu_worker_and_explicit_settings_win():
         assert prefetch_setting(setting, 4.0, gpu=True) == setting
 
 
+@pytest.mark.slow  # 9-13 s: moved to the slow set to keep the default run under 10 min
 def test_ray_workers_get_the_resolved_setting(ray_local, tmp_path):
     from ps_trainer.config import TrainConfig
     from ps_trainer.trainer.actors import initial_checkpoint, make_shards, make_worker

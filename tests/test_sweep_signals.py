@@ -209,6 +209,7 @@ def test_a_killed_sweep_leaves_no_process_and_resumes(tmp_path):
         sweep.kill()
 
 
+@pytest.mark.slow  # 9-13 s: moved to the slow set to keep the default run under 10 min
 def test_a_second_ctrl_c_stops_at_once(tmp_path):
     sweep = SweepProcess(tmp_path)
     try:
@@ -228,6 +229,7 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
         sweep.kill()
 
 
+@pytest.mark.slow  # 9-13 s: moved to the slow set to keep the default run under 10 min
 def test_a_second_sweep_on_a_held_folder_is_refused(tmp_path):
     first = SweepProcess(tmp_path, "first")
     try:
