@@ -4,6 +4,7 @@ after push, and the same outcomes. Compiling takes a few seconds once per proces
 
 import numpy as np
 import pytest
+import torch
 
 from ps_trainer.core import LRSchedule, NesterovMomentum, PolyakAverage, ShardState, push_kernel
 
@@ -48,7 +49,6 @@ def test_a_group_in_one_loop_equals_one_call_per_push_bit_for_bit(k, averaged):
     """Group commit's compiled path: k pushes in one loop over the arrays (in calls of at most
     GROUP) give exactly what k calls of one push give, element for element."""
     assert push_kernel.compiled() is not None
-    torch = pytest.importorskip("torch")
     n = 10_007
     gen = torch.Generator().manual_seed(0)
     w, buf, avg = (torch.randn(n, generator=gen) for _ in range(3))

@@ -8,7 +8,7 @@ single loop (C++ on a CPU): it reads g, w, the momentum buffer and the average o
 three of them, every value in registers in between. On the Xeon VM that is 0.65-0.8x the eager
 blocks' time (docs/benchmarks.md, shard update). Several pushes that queued behind a busy shard
 (group commit) run in the same loop: each element is read and written once for all of them, so 4
-pushes cost about 0.45x of 4 single ones, and give the same numbers, bit for bit.
+pushes cost about half of 4 single ones (0.49x, check included), and give the same numbers, bit for bit.
 
 Its price, as for DC-ASGD's compiled push (dc_kernel.py): a C++ compiler at run time, one
 compilation per process (about 7 s here; torch's on-disk cache serves the next process), and
