@@ -66,3 +66,23 @@ def test_a_group_in_one_loop_equals_one_call_per_push_bit_for_bit(k, averaged):
         assert torch.equal(a, b)
     assert not torch.equal(one[0], w)  # the pushes moved the weights
     assert torch.equal(one[2], avg) != averaged  # the average moved only where there is one
+
+
+@pytest.mark.parametrize("k", [1, 6])
+def test_writing_the_new_weights_elsewhere_equals_in_place_bit_for_bit(k):
+    """`out` (a shard whose weights a publication is reading, ShardState.published): the first
+    group reads `w` and writes `out`, the rest run in place on `out`; `w` is left as it was and
+    every array equals the in-place push's, element for element."""
+    n = 10_007
+    gen = torch.Generator().manual_seed(2)
+    w, buf, avg = (torch.randn(n, generator=gen) for _ in range(3))
+    gs = [0.1 * torch.randn(n, generator=gen) for _ in range(k)]
+    hs = push_kernel.numbers([(g, 0.05, 0.3) for g in gs], 5e-4, 0.9)
+    inplace = [t.clone() for t in (w, buf, avg)]
+    push_kernel.push(*inplace, gs, hs, nesterov=True)
+    read, out = [t.clone() for t in (w, buf, avg)], torch.full((n,), float("nan"))
+    push_kernel.push(*read, gs, hs, nesterov=True, out=out)
+    assert torch.equal(read[0], w)  # the weights read were not written
+    for a, b in zip([out, *read[1:]], inplace):
+        assert torch.equal(a, b)
+    assert not torch.equal(out, w)

@@ -172,3 +172,49 @@ def test_pushes_that_queue_behind_a_busy_ray_shard_are_applied_together_exactly(
     (w, version), = RayClient([shard]).pull()
     assert version == 5
     np.testing.assert_array_equal(w[:n], replay.params)
+
+
+@pytest.mark.slow  # 20 s here: an actor that compiles the push loop
+def test_pushes_go_on_while_a_large_snapshot_is_copied_into_the_store(ray_local):
+    """A Ray shard's publication copies its weights into the object store with the lock released
+    (`ShardState.published`): while one is held open from inside the actor, pushes and a pull
+    through the real actor finish, the array being copied never changes, and the shard ends bit
+    for bit where a ShardState nobody read ends (the compiled loop, as a 4M+ shard runs it)."""
+    import threading
+    import time
+
+    from ps_trainer.core import ShardState
+
+    ray = ray_local
+    n = 300_000  # above INLINE_BYTES: the snapshot goes through the store
+    opts = dict(optimizer=NesterovMomentum(0.9, 0.0, kernel="compiled"), schedule=LRSchedule(0.1),
+                policy=Async(), averager=PolyakAverage(0.5))
+    shard = ray.remote(ParameterServerShard).options(num_cpus=0, max_concurrency=6).remote(
+        0, np.zeros(n, np.float32), np.ones(4, np.float32), **opts)
+
+    def hold(self):
+        self.release = threading.Event()
+        with self.state.published() as (arr, version):
+            before = arr.copy()
+            self.release.wait(120)
+            return version, bool(np.array_equal(arr, before))
+
+    held = shard.__ray_call__.remote(hold)
+    while not ray.get(shard.__ray_call__.remote(lambda self: sum(self.state._pins.values()))):
+        time.sleep(0.01)
+    replay = ShardState(0, np.zeros(n, np.float32), np.ones(4, np.float32), **opts)
+    rng = np.random.default_rng(0)
+    try:
+        for i in range(3):
+            g = rng.standard_normal(n, dtype=np.float32)
+            got = ray.get(shard.push.remote(Push(g, i, 0, None, 0)), timeout=60)
+            assert got == replay.push(g, i, 0)
+        (w, version), = RayClient([shard]).pull()  # a second publication, of the new buffer
+        assert version == 3
+        np.testing.assert_array_equal(w[:n], replay.params)
+    finally:
+        ray.get(shard.__ray_call__.remote(lambda self: self.release.set()))
+    assert ray.get(held) == (0, True)  # version 0's array was not written while it was copied
+    sd = ray.get(shard.state_dict.remote())
+    for k in ("params", "momentum", "average"):
+        np.testing.assert_array_equal(sd[k], replay.state_dict()[k], err_msg=k)

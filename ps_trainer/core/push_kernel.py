@@ -22,10 +22,12 @@ take torch's fused kernel, exactly.
 from __future__ import annotations
 
 import functools
+import threading
 
 import torch
 
-__all__ = ["BLOCK", "GROUP", "MIN_SIZE", "compiled", "numbers", "plain_push", "push", "step"]
+__all__ = ["BLOCK", "GROUP", "MIN_SIZE", "compiled", "numbers", "plain_push", "plain_push_into",
+           "push", "step", "warm"]
 
 MIN_SIZE = 1 << 22  # parameters: a smaller shard's push stays eager under kernel="auto"
 
@@ -62,20 +64,40 @@ def step(w, buf, avg, g, lr, wd, mom, weight, nesterov: bool) -> None:
         avg.lerp_(w, weight)
 
 
+def plain_push_into(out: torch.Tensor, w: torch.Tensor, buf: torch.Tensor,
+                    avg: torch.Tensor | None, gs: list[torch.Tensor], hs: torch.Tensor,
+                    nesterov: bool) -> None:
+    """`plain_push`, with the new weights written to `out` and `w` left as it was (a Ray shard's
+    publication may be reading it: `ShardState.published`). Compiled it is the same one loop,
+    reading `w` and writing `out`, with the same values as in place, bit for bit."""
+    out.copy_(w)
+    plain_push(out, buf, avg, gs, hs, nesterov)
+
+
+_building = threading.Lock()  # one build per variant, whichever thread asks first (`warm`)
+
+
+def compiled(into: bool = False):
+    """`_compiled(into)`, built once even when two threads ask at once."""
+    with _building:
+        return _compiled(into)
+
+
 @functools.cache
-def compiled():
-    """`plain_push` compiled (dynamic shapes: one compilation serves every block and shard size;
-    each group size compiles once, on first use), or None where it cannot be built or does not
-    match the eager function on a few numbers here (no C++ compiler, an unsupported platform, a
-    torch whose compiler changed). Once per process."""
+def _compiled(into: bool):
+    """`plain_push` compiled (`plain_push_into` with `into`; dynamic shapes: one compilation
+    serves every block and shard size; each group size compiles once, on first use), or None
+    where it cannot be built or does not match the eager function on a few numbers here (no C++
+    compiler, an unsupported platform, a torch whose compiler changed). Once per process."""
+    fn = plain_push_into if into else plain_push
     try:
-        kernel = torch.compile(plain_push, dynamic=True, fullgraph=True)
+        kernel = torch.compile(fn, dynamic=True, fullgraph=True)
         gen = torch.Generator().manual_seed(0)
-        arrays = [torch.rand(37, generator=gen) for _ in range(4)]
+        arrays = [torch.rand(37, generator=gen) for _ in range(4 + into)]
         mine, ref = [a.clone() for a in arrays], [a.clone() for a in arrays]
         h = torch.tensor([[0.1, 1e-3, 0.9, 0.3]])
-        kernel(*mine[:3], mine[3:], h, True)
-        plain_push(*ref[:3], ref[3:], h, True)
+        kernel(*mine[:3 + into], mine[3 + into:], h, True)
+        fn(*ref[:3 + into], ref[3 + into:], h, True)
         if not all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(mine, ref)):
             return None
         return kernel
@@ -83,11 +105,35 @@ def compiled():
         return None
 
 
-def push(w, buf, avg, gs: list, hs: torch.Tensor, *, nesterov: bool) -> None:
+def push(w, buf, avg, gs: list, hs: torch.Tensor, *, nesterov: bool,
+         out: torch.Tensor | None = None) -> None:
     """Run the compiled `plain_push` on `gs` in groups of at most GROUP (the caller checked
-    `compiled()` is not None); `hs`: (len(gs), 4) float32, see `plain_push`."""
+    `compiled()` is not None); `hs`: (len(gs), 4) float32, see `plain_push`. With `out`, the new
+    weights go there and `w` is only read (the first group runs `plain_push_into`, the rest
+    continue in place on `out`)."""
     for i in range(0, len(gs), GROUP):
-        compiled()(w, buf, avg, gs[i:i + GROUP], hs[i:i + GROUP], nesterov)
+        if out is not None and i == 0:
+            compiled(True)(out, w, buf, avg, gs[:GROUP], hs[:GROUP], nesterov)
+            w = out
+        else:
+            compiled()(w, buf, avg, gs[i:i + GROUP], hs[i:i + GROUP], nesterov)
+
+
+def warm(nesterov: bool, averaged: bool) -> bool:
+    """Compile every variant a shard's pushes will call now (in place and `out`, groups of 1 to
+    GROUP) on a few elements: the compiled code serves every size. A Ray shard of MIN_SIZE+
+    parameters runs this in a thread as it starts, while the workers build their models, so no
+    push stalls later on a compilation: the first group of a new size took 1-2 s, the first
+    `out` push 7 s (scratch run, Xeon VM; 13 s for all 8 with torch's on-disk cache of the first
+    four). False where the loop cannot be built."""
+    if compiled() is None or compiled(True) is None:
+        return False
+    for k in range(1, GROUP + 1):
+        w, buf, avg, out, *gs = (torch.zeros(37) for _ in range(4 + k))  # (aligned, as blocks are)
+        hs = numbers([(None, 0.0, 0.0)] * k, 0.0, 0.0)
+        push(w, buf, avg if averaged else None, gs, hs, nesterov=nesterov)
+        push(w, buf, avg if averaged else None, gs, hs, nesterov=nesterov, out=out)
+    return True
 
 
 def numbers(steps: list, weight_decay: float, momentum: float) -> torch.Tensor:

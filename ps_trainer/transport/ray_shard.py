@@ -6,7 +6,8 @@ keeps one published snapshot per weight set (raw, Polyak) and hands the same obj
 every worker that asks, publishing a new one only when the weights have moved by `publish_every`
 versions (and `publish_interval` seconds have passed). Pushes arrive as numpy arguments (read
 zero-copy). The actor is threaded: pulls are answered while a push is being applied, and the
-shard's lock only guards the arrays while they change.
+shard's lock only guards the arrays while they change (a publication's copy pins the weights
+instead, and pushes meanwhile write into a second buffer: `ShardState.published`).
 
 Recovery: Ray restarts a shard whose process died by re-running `__init__` with the original
 arguments, and arguments that went through the object store may be gone by then
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 
+from ..core import push_kernel
 from ..core.publish import Published, Publisher
 from ..core.shard import PushResult, ShardState
 
@@ -87,6 +89,14 @@ class ParameterServerShard:
         # One snapshot per weight set, republished every `publish_every` versions and
         # `publish_interval` s (the rule is core's, shared with the simulator's client).
         self.publisher = Publisher(publish_every, publish_interval)
+        if self.state.params.shape[0] >= push_kernel.MIN_SIZE:  # (smaller shards stay eager)
+            threading.Thread(target=self._warm, name="warm-push-loop", daemon=True).start()
+
+    def _warm(self) -> None:
+        """Compile the push loop's variants while the workers start, not at the pushes."""
+        opt = self.state.optimizer
+        if opt.compiled_push(self.state.params.shape[0]):
+            push_kernel.warm(opt.nesterov, self.state.average is not None)
 
     def _slice(self, index: int, checkpoints: str, tries: int = 3) -> tuple[dict | None, str]:
         """This shard's state in the latest checkpoint under `checkpoints`, or (None, why not).
@@ -152,9 +162,15 @@ class ParameterServerShard:
                 held = arr if nbytes <= INLINE_BYTES else [ray.put(arr)]
                 return Published(held, version, now, arr if state.policy.keeps_reads else None)
             # A large one is put once and read zero-copy by all: straight from the shard's
-            # storage, under its lock (Ray has copied it into the store when `put` returns).
-            with state.lock:
-                arr, version = state.publication(averaged)
+            # storage (Ray has copied it into the store when `put` returns). The weights are
+            # pinned meanwhile, not locked: pushes go on into the shard's second buffer
+            # (`ShardState.published`). The Polyak average changes in place at every push, so
+            # its (rarer: evaluation) publications hold the lock.
+            if averaged and state.average is not None:
+                with state.lock:
+                    arr, version = state.publication(True)
+                    return Published([ray.put(arr)], version, now)
+            with state.published() as (arr, version):
                 return Published([ray.put(arr)], version, now)
 
         # A coordinating policy promises fresh weights to whoever it lets through.
