@@ -23,7 +23,8 @@ import functools
 
 import torch
 
-from .push_kernel import MIN_SIZE, step  # the same threshold and the plain push's arithmetic
+# the same threshold, build options (the GIL) and the plain push's arithmetic
+from .push_kernel import MIN_SIZE, OPTIONS, step
 KERNELS = ("auto", "compiled", "eager")
 
 
@@ -51,7 +52,7 @@ def compiled():
     probe compiles the default case (DC-ASGD-a, Nesterov, Polyak), the others compile at their
     first push (tests/test_dc_kernel.py checks three)."""
     try:
-        kernel = torch.compile(dc_push, dynamic=True, fullgraph=True)
+        kernel = torch.compile(dc_push, dynamic=True, fullgraph=True, options=OPTIONS)
         gen = torch.Generator().manual_seed(0)
         arrays = [torch.rand(37, generator=gen) for _ in range(6)]
         mine, ref = [a.clone() for a in arrays], [a.clone() for a in arrays]

@@ -74,6 +74,14 @@ def plain_push_into(out: torch.Tensor, w: torch.Tensor, buf: torch.Tensor,
     plain_push(out, buf, avg, gs, hs, nesterov)
 
 
+# Inductor's C++ wrapper: its entry point releases the GIL while the loop runs, as torch's own
+# kernels do. The default Python wrapper calls the loop holding the GIL, so for the 25-40 ms of a
+# push nothing else in the shard's process ran: not a pull, not a `ray.put`, not the Ray calls
+# that bring the next pushes (a thread counting in Python stopped while the loop ran; with this
+# option it went on). Same loop, same speed (4.7-4.8 ms for 4M elements both ways); compiling
+# the first variant takes longer (17 s against 4-6 s here, before torch's on-disk cache has it).
+OPTIONS = {"cpp_wrapper": True}
+
 _building = threading.Lock()  # one build per variant, whichever thread asks first (`warm`)
 
 
@@ -91,7 +99,7 @@ def _compiled(into: bool):
     compiler, an unsupported platform, a torch whose compiler changed). Once per process."""
     fn = plain_push_into if into else plain_push
     try:
-        kernel = torch.compile(fn, dynamic=True, fullgraph=True)
+        kernel = torch.compile(fn, dynamic=True, fullgraph=True, options=OPTIONS)
         gen = torch.Generator().manual_seed(0)
         arrays = [torch.rand(37, generator=gen) for _ in range(4 + into)]
         mine, ref = [a.clone() for a in arrays], [a.clone() for a in arrays]

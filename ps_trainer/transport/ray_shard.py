@@ -89,8 +89,10 @@ class ParameterServerShard:
         # One snapshot per weight set, republished every `publish_every` versions and
         # `publish_interval` s (the rule is core's, shared with the simulator's client).
         self.publisher = Publisher(publish_every, publish_interval)
+        self.warming: threading.Thread | None = None  # compiling the push loop, at first
         if self.state.params.shape[0] >= push_kernel.MIN_SIZE:  # (smaller shards stay eager)
-            threading.Thread(target=self._warm, name="warm-push-loop", daemon=True).start()
+            self.warming = threading.Thread(target=self._warm, name="warm-push-loop", daemon=True)
+            self.warming.start()
 
     def _warm(self) -> None:
         """Compile the push loop's variants while the workers start, not at the pushes."""
