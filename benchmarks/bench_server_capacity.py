@@ -367,6 +367,10 @@ def main() -> None:
             if not touched:
                 touch_store(store)
                 touched = True
+            # A large shard compiles its push loop in a thread as it starts (push_kernel.warm):
+            # let it finish, as the workers' model building lets it in a run.
+            ray.get([h.__ray_call__.remote(lambda self: self.warming and self.warming.join())
+                     for h in shards])
             for path in (OURS, STORE):
                 run_cell(path, shards if path == OURS else sinks, specs, workers[:max(a.workers)],
                          argparse.Namespace(seconds=0.0, min_updates=1), [], [], [])

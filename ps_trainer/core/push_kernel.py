@@ -10,8 +10,13 @@ blocks' time (docs/benchmarks.md, shard update). Several pushes that queued behi
 (group commit) run in the same loop: each element is read and written once for all of them, so 4
 pushes cost about half of 4 single ones (0.49x, check included), and give the same numbers, bit for bit.
 
-Its price, as for DC-ASGD's compiled push (dc_kernel.py): a C++ compiler at run time, one
-compilation per process (about 7 s here; torch's on-disk cache serves the next process), and
+It is built with Inductor's C++ wrapper (`OPTIONS`), whose entry point releases the GIL while the
+loop runs, as torch's kernels do: the shard's other threads go on meanwhile. A Ray shard compiles
+every group size as it starts (`warm`), so no push waits for a compilation.
+
+Its price, as for DC-ASGD's compiled push (dc_kernel.py): a C++ compiler at run time, a
+compilation per process (17 s for the first group size on a cold cache here, 4 more sizes in
+about 40 s; 7 s for all with torch's on-disk cache, which serves the next process), and
 numbers within float32 rounding of torch.optim.SGD, not bit for bit (the compiler contracts
 multiply-adds). So the optimizer's `kernel="auto"` takes it only for shards of `MIN_SIZE`
 parameters or more, with momentum, where `compiled()` built it and checked it against the eager
@@ -26,8 +31,8 @@ import threading
 
 import torch
 
-__all__ = ["BLOCK", "GROUP", "MIN_SIZE", "compiled", "numbers", "plain_push", "plain_push_into",
-           "push", "step", "warm"]
+__all__ = ["BLOCK", "GROUP", "MIN_SIZE", "OPTIONS", "compiled", "numbers", "plain_push", "push",
+           "step", "warm"]
 
 MIN_SIZE = 1 << 22  # parameters: a smaller shard's push stays eager under kernel="auto"
 
@@ -64,16 +69,6 @@ def step(w, buf, avg, g, lr, wd, mom, weight, nesterov: bool) -> None:
         avg.lerp_(w, weight)
 
 
-def plain_push_into(out: torch.Tensor, w: torch.Tensor, buf: torch.Tensor,
-                    avg: torch.Tensor | None, gs: list[torch.Tensor], hs: torch.Tensor,
-                    nesterov: bool) -> None:
-    """`plain_push`, with the new weights written to `out` and `w` left as it was (a Ray shard's
-    publication may be reading it: `ShardState.published`). Compiled it is the same one loop,
-    reading `w` and writing `out`, with the same values as in place, bit for bit."""
-    out.copy_(w)
-    plain_push(out, buf, avg, gs, hs, nesterov)
-
-
 # Inductor's C++ wrapper: its entry point releases the GIL while the loop runs, as torch's own
 # kernels do. The default Python wrapper calls the loop holding the GIL, so for the 25-40 ms of a
 # push nothing else in the shard's process ran: not a pull, not a `ray.put`, not the Ray calls
@@ -82,30 +77,29 @@ def plain_push_into(out: torch.Tensor, w: torch.Tensor, buf: torch.Tensor,
 # the first variant takes longer (17 s against 4-6 s here, before torch's on-disk cache has it).
 OPTIONS = {"cpp_wrapper": True}
 
-_building = threading.Lock()  # one build per variant, whichever thread asks first (`warm`)
+_building = threading.Lock()  # one build, whichever thread asks first (`warm` runs in a thread)
 
 
-def compiled(into: bool = False):
-    """`_compiled(into)`, built once even when two threads ask at once."""
+def compiled():
+    """`_compiled()`, built once even when two threads ask at once."""
     with _building:
-        return _compiled(into)
+        return _compiled()
 
 
 @functools.cache
-def _compiled(into: bool):
-    """`plain_push` compiled (`plain_push_into` with `into`; dynamic shapes: one compilation
-    serves every block and shard size; each group size compiles once, on first use), or None
-    where it cannot be built or does not match the eager function on a few numbers here (no C++
-    compiler, an unsupported platform, a torch whose compiler changed). Once per process."""
-    fn = plain_push_into if into else plain_push
+def _compiled():
+    """`plain_push` compiled (dynamic shapes: one compilation serves every block and shard size;
+    each group size compiles once, on first use, or in `warm`), or None where it cannot be built
+    or does not match the eager function on a few numbers here (no C++ compiler, an unsupported
+    platform, a torch whose compiler changed). Once per process."""
     try:
-        kernel = torch.compile(fn, dynamic=True, fullgraph=True, options=OPTIONS)
+        kernel = torch.compile(plain_push, dynamic=True, fullgraph=True, options=OPTIONS)
         gen = torch.Generator().manual_seed(0)
-        arrays = [torch.rand(37, generator=gen) for _ in range(4 + into)]
+        arrays = [torch.rand(37, generator=gen) for _ in range(4)]
         mine, ref = [a.clone() for a in arrays], [a.clone() for a in arrays]
         h = torch.tensor([[0.1, 1e-3, 0.9, 0.3]])
-        kernel(*mine[:3 + into], mine[3 + into:], h, True)
-        fn(*ref[:3 + into], ref[3 + into:], h, True)
+        kernel(*mine[:3], mine[3:], h, True)
+        plain_push(*ref[:3], ref[3:], h, True)
         if not all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(mine, ref)):
             return None
         return kernel
@@ -113,34 +107,25 @@ def _compiled(into: bool):
         return None
 
 
-def push(w, buf, avg, gs: list, hs: torch.Tensor, *, nesterov: bool,
-         out: torch.Tensor | None = None) -> None:
+def push(w, buf, avg, gs: list, hs: torch.Tensor, *, nesterov: bool) -> None:
     """Run the compiled `plain_push` on `gs` in groups of at most GROUP (the caller checked
-    `compiled()` is not None); `hs`: (len(gs), 4) float32, see `plain_push`. With `out`, the new
-    weights go there and `w` is only read (the first group runs `plain_push_into`, the rest
-    continue in place on `out`)."""
+    `compiled()` is not None); `hs`: (len(gs), 4) float32, see `plain_push`."""
     for i in range(0, len(gs), GROUP):
-        if out is not None and i == 0:
-            compiled(True)(out, w, buf, avg, gs[:GROUP], hs[:GROUP], nesterov)
-            w = out
-        else:
-            compiled()(w, buf, avg, gs[i:i + GROUP], hs[i:i + GROUP], nesterov)
+        compiled()(w, buf, avg, gs[i:i + GROUP], hs[i:i + GROUP], nesterov)
 
 
 def warm(nesterov: bool, averaged: bool) -> bool:
-    """Compile every variant a shard's pushes will call now (in place and `out`, groups of 1 to
-    GROUP) on a few elements: the compiled code serves every size. A Ray shard of MIN_SIZE+
-    parameters runs this in a thread as it starts, while the workers build their models, so no
-    push stalls later on a compilation: the first group of a new size took 1-2 s, the first
-    `out` push 7 s (scratch run, Xeon VM; 13 s for all 8 with torch's on-disk cache of the first
-    four). False where the loop cannot be built."""
-    if compiled() is None or compiled(True) is None:
+    """Compile every group size (1 to GROUP) a shard's pushes will call, now, on a few elements:
+    the compiled code serves every size. A Ray shard of MIN_SIZE+ parameters runs this in a
+    thread as it starts, while the workers build their models, so that no push stalls later on
+    a compilation (the first group of a new size took 1-2 s on the Xeon VM, inside a 3 s
+    benchmark cell). False where the loop cannot be built."""
+    if compiled() is None:
         return False
     for k in range(1, GROUP + 1):
-        w, buf, avg, out, *gs = (torch.zeros(37) for _ in range(4 + k))  # (aligned, as blocks are)
-        hs = numbers([(None, 0.0, 0.0)] * k, 0.0, 0.0)
-        push(w, buf, avg if averaged else None, gs, hs, nesterov=nesterov)
-        push(w, buf, avg if averaged else None, gs, hs, nesterov=nesterov, out=out)
+        w, buf, avg, *gs = (torch.zeros(37) for _ in range(3 + k))  # (aligned, as blocks are)
+        push(w, buf, avg if averaged else None, gs, numbers([(None, 0.0, 0.0)] * k, 0.0, 0.0),
+             nesterov=nesterov)
     return True
 
 

@@ -24,7 +24,6 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import threading
@@ -111,13 +110,7 @@ class ShardState:
         # costs the object store's copy alone).
         n, b = np.shape(params)[0], self.buffers.shape[0]
         self._stores = {False: np.empty(n + b, np.float32)}
-        # A second allocation for the weights, made when first needed: a push that finds a
-        # publication reading the weights (`published`, with the lock released) writes its new
-        # weights there and the two swap, instead of waiting for the copy to end.
-        self._spare: np.ndarray | None = None
-        self._pins: Counter = Counter()  # id(store) -> publications reading it now
-        self._pin_cond = threading.Condition()  # guards `_pins`; never waits for `lock`
-        self.params = self._stores[False][:n]  # (P_i,) owned, updated in place (or swapped: `published`)
+        self.params = self._stores[False][:n]  # (P_i,) owned, updated in place
         self.params[:] = params
         self.momentum = np.zeros_like(self.params)  # (P_i,) Nesterov buffer
         self.average = None  # (P_i,) Polyak weights
@@ -189,35 +182,6 @@ class ShardState:
         store = self._stores[averaged and self.average is not None]
         store[self.params.shape[0]:] = self.bn_mean()
         return store, self.version
-
-    @contextlib.contextmanager
-    def published(self):
-        """`publication()` of the weights, readable with the lock released for as long as the
-        `with` block runs (a Ray shard's `ray.put`, 15-25 ms for 100 MB here): the array is
-        pinned. A push that arrives meanwhile does not wait for the copy: the compiled loop
-        writes the new weights into the shard's second buffer, reading the pinned one, and the
-        two swap (`_steps`); the other kernels, and a restore, wait until it is unpinned."""
-        with self.lock:
-            arr, version = self.publication(False)
-            with self._pin_cond:
-                self._pins[id(arr)] += 1
-        try:
-            yield arr, version
-        finally:
-            with self._pin_cond:
-                self._pins[id(arr)] -= 1
-                self._pin_cond.notify_all()
-
-    def _unpinned(self, store: np.ndarray) -> np.ndarray:
-        """`store`, once no publication reads it (call with the lock held: nobody pins it
-        meanwhile, since pinning takes the lock)."""
-        with self._pin_cond:
-            self._pin_cond.wait_for(lambda: not self._pins[id(store)])
-        return store
-
-    def _writable(self) -> None:
-        """Wait until the weights may be written in place."""
-        self._unpinned(self._stores[False])
 
     def note_read(self, worker: int, version: int, snapshot: np.ndarray) -> None:
         """Record that `worker` read `snapshot` (of `version`), when it was served from a cache."""
@@ -454,7 +418,6 @@ class ShardState:
         opt = self.optimizer
         if w_read is not None and self.policy.compiled_push(n, opt.momentum):
             # DC-ASGD's whole push in one compiled loop (core/dc_kernel.py): no blocks needed
-            self._writable()
             p = self.policy
             dc_kernel.push(self._w, self._buf, self._avg, self.policy.running_mean_square(n), g,
                            w_read, lr=lr, weight=weight, lam=p.lam, decay=p.mean_square_decay,
@@ -482,22 +445,13 @@ class ShardState:
                  else push_kernel.BLOCK if compiled else self.block)
         out, tmp = self._scratch()
         hs = push_kernel.numbers(steps, opt.weight_decay, opt.momentum) if compiled else None
-        into = None  # the buffer the new weights go to, when a publication reads the current one
-        if compiled and self._pins[id(self._stores[False])]:
-            if self._spare is None:
-                self._spare = np.empty_like(self._stores[False])
-            into = self._unpinned(self._spare)
-        else:
-            self._writable()
-        new = torch.from_numpy(into[:n]) if into is not None else None
         for start in range(0, n, block):
             end = min(start + block, n)
             w, buf = self._w[start:end], self._buf[start:end]
             avg = self._avg[start:end] if self._avg is not None else None
             if compiled:  # the whole group in one loop over the block
                 push_kernel.push(w, buf, avg, [g[start:end] for g, _, _ in steps], hs,
-                                 nesterov=opt.nesterov,
-                                 out=None if new is None else new[start:end])
+                                 nesterov=opt.nesterov)
                 continue
             for g, lr, weight in steps:
                 gb = g[start:end]
@@ -508,10 +462,6 @@ class ShardState:
                 opt.step(w, buf, gb, lr, scratch=tmp)
                 if avg is not None:
                     avg.lerp_(w, weight)
-        if into is not None:  # the new weights are the current ones now; the old, the spare
-            self._stores[False], self._spare = into, self._stores[False]
-            self.params = into[:n]
-            self._w = new
 
     def _scratch(self) -> torch.Tensor:  # (2, block)
         """Two blocks of scratch (the compensated gradient; the kernel's temporary), made once."""
@@ -568,7 +518,6 @@ class ShardState:
                              f"parameters does not fit shard {self.index} with {self.params.shape[0]}")
         with self.lock:
             # Copy into the existing arrays: the torch views the kernels use must stay valid.
-            self._writable()
             self.params[:] = sd["params"]
             self.momentum[:] = sd["momentum"]
             if self.average is not None and sd["average"] is not None:

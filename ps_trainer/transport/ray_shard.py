@@ -6,8 +6,7 @@ keeps one published snapshot per weight set (raw, Polyak) and hands the same obj
 every worker that asks, publishing a new one only when the weights have moved by `publish_every`
 versions (and `publish_interval` seconds have passed). Pushes arrive as numpy arguments (read
 zero-copy). The actor is threaded: pulls are answered while a push is being applied, and the
-shard's lock only guards the arrays while they change (a publication's copy pins the weights
-instead, and pushes meanwhile write into a second buffer: `ShardState.published`).
+shard's lock only guards the arrays while they change.
 
 Recovery: Ray restarts a shard whose process died by re-running `__init__` with the original
 arguments, and arguments that went through the object store may be gone by then
@@ -164,15 +163,9 @@ class ParameterServerShard:
                 held = arr if nbytes <= INLINE_BYTES else [ray.put(arr)]
                 return Published(held, version, now, arr if state.policy.keeps_reads else None)
             # A large one is put once and read zero-copy by all: straight from the shard's
-            # storage (Ray has copied it into the store when `put` returns). The weights are
-            # pinned meanwhile, not locked: pushes go on into the shard's second buffer
-            # (`ShardState.published`). The Polyak average changes in place at every push, so
-            # its (rarer: evaluation) publications hold the lock.
-            if averaged and state.average is not None:
-                with state.lock:
-                    arr, version = state.publication(True)
-                    return Published([ray.put(arr)], version, now)
-            with state.published() as (arr, version):
+            # storage, under its lock (Ray has copied it into the store when `put` returns).
+            with state.lock:
+                arr, version = state.publication(averaged)
                 return Published([ray.put(arr)], version, now)
 
         # A coordinating policy promises fresh weights to whoever it lets through.
