@@ -116,7 +116,7 @@ def test_warm_compiles_every_group_size_so_no_push_compiles_later():
     w, buf, avg = torch.zeros(n), torch.zeros(n), torch.zeros(n)
     for k in range(1, push_kernel.GROUP + 1):
         gs = [torch.full((n,), 1e-3) for _ in range(k)]
-        push_kernel.push(w, buf, avg, gs, push_kernel.numbers([(g, 0.01, 0.5) for g in gs], 1e-4, 0.9),
-                         nesterov=True)
+        hs = push_kernel.numbers([(g, 0.01, 0.5) for g in gs], 1e-4, 0.9)
+        push_kernel.push(w, buf, avg, gs, hs, nesterov=True)
     assert counters["stats"]["unique_graphs"] == graphs  # nothing new was compiled
     assert float(w[0]) != 0.0

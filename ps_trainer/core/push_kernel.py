@@ -8,7 +8,8 @@ single loop (C++ on a CPU): it reads g, w, the momentum buffer and the average o
 three of them, every value in registers in between. On the Xeon VM that is 0.65-0.8x the eager
 blocks' time (docs/benchmarks.md, shard update). Several pushes that queued behind a busy shard
 (group commit) run in the same loop: each element is read and written once for all of them, so 4
-pushes cost about half of 4 single ones (0.49x, check included), and give the same numbers, bit for bit.
+pushes cost less than half of 4 single ones (0.39-0.49x each, check included), and give the same
+numbers, bit for bit.
 
 It is built with Inductor's C++ wrapper (`OPTIONS`), whose entry point releases the GIL while the
 loop runs, as torch's kernels do: the shard's other threads go on meanwhile. A Ray shard compiles
