@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import types
 
 import torch
 
@@ -81,26 +82,34 @@ OPTIONS = {"cpp_wrapper": True}
 _building = threading.Lock()  # one build, whichever thread asks first (`warm` runs in a thread)
 
 
-def compiled():
-    """`_compiled()`, built once even when two threads ask at once."""
+def compiled(nesterov: bool = True, averaged: bool = True):
+    """`_compiled(nesterov, averaged)`, built once even when two threads ask at once."""
     with _building:
-        return _compiled()
+        return _compiled(nesterov, averaged)
 
 
 @functools.cache
-def _compiled():
-    """`plain_push` compiled (dynamic shapes: one compilation serves every block and shard size;
-    each group size compiles once, on first use, or in `warm`), or None where it cannot be built
-    or does not match the eager function on a few numbers here (no C++ compiler, an unsupported
-    platform, a torch whose compiler changed). Once per process."""
+def _compiled(nesterov: bool, averaged: bool):
+    """`plain_push` compiled for one configuration (dynamic shapes: one compilation serves every
+    block and shard size; each group size compiles once, on first use, or in `warm`), or None
+    where it cannot be built or does not match the eager function on a few numbers here (no C++
+    compiler, an unsupported platform, a torch whose compiler changed). Once per process.
+
+    Each configuration compiles its own copy of `plain_push`'s code: torch.compile keeps at most 8
+    compiled variants of one code object (dynamo's `recompile_limit`) and fails past them under
+    `fullgraph`. A shard needs one variant per group size (4); a process that runs shards of
+    several configurations (the test suite does) would otherwise run out."""
+    name = f"plain_push_{'nesterov' if nesterov else 'momentum'}_{'polyak' if averaged else 'raw'}"
+    fn = types.FunctionType(plain_push.__code__.replace(co_name=name, co_qualname=name),
+                            plain_push.__globals__, name)
     try:
-        kernel = torch.compile(plain_push, dynamic=True, fullgraph=True, options=OPTIONS)
+        kernel = torch.compile(fn, dynamic=True, fullgraph=True, options=OPTIONS)
         gen = torch.Generator().manual_seed(0)
-        arrays = [torch.rand(37, generator=gen) for _ in range(4)]
-        mine, ref = [a.clone() for a in arrays], [a.clone() for a in arrays]
+        w, buf, avg, g = (torch.rand(37, generator=gen) for _ in range(4))
+        mine, ref = [t.clone() for t in (w, buf, avg)], [t.clone() for t in (w, buf, avg)]
         h = torch.tensor([[0.1, 1e-3, 0.9, 0.3]])
-        kernel(*mine[:3], mine[3:], h, True)
-        plain_push(*ref[:3], ref[3:], h, True)
+        kernel(mine[0], mine[1], mine[2] if averaged else None, [g], h, nesterov)
+        plain_push(ref[0], ref[1], ref[2] if averaged else None, [g], h, nesterov)
         if not all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(mine, ref)):
             return None
         return kernel
@@ -111,8 +120,9 @@ def _compiled():
 def push(w, buf, avg, gs: list, hs: torch.Tensor, *, nesterov: bool) -> None:
     """Run the compiled `plain_push` on `gs` in groups of at most GROUP (the caller checked
     `compiled()` is not None); `hs`: (len(gs), 4) float32, see `plain_push`."""
+    kernel = compiled(nesterov, avg is not None) or plain_push  # (eager if this one failed)
     for i in range(0, len(gs), GROUP):
-        compiled()(w, buf, avg, gs[i:i + GROUP], hs[i:i + GROUP], nesterov)
+        kernel(w, buf, avg, gs[i:i + GROUP], hs[i:i + GROUP], nesterov)
 
 
 def warm(nesterov: bool, averaged: bool) -> bool:
@@ -121,7 +131,7 @@ def warm(nesterov: bool, averaged: bool) -> bool:
     thread as it starts, while the workers build their models, so that no push stalls later on
     a compilation (the first group of a new size took 1-2 s on the Xeon VM, inside a 3 s
     benchmark cell). False where the loop cannot be built."""
-    if compiled() is None:
+    if compiled(nesterov, averaged) is None:
         return False
     for k in range(1, GROUP + 1):
         w, buf, avg, *gs = (torch.zeros(37) for _ in range(3 + k))  # (aligned, as blocks are)
