@@ -71,10 +71,9 @@ def test_a_group_in_one_loop_equals_one_call_per_push_bit_for_bit(k, averaged):
 def test_the_compiled_push_releases_the_gil_while_it_runs():
     """A shard's other threads (pulls, `ray.put`, the Ray calls bringing the next pushes) must
     run while a push's loop runs, as they do during torch's own kernels: a thread counting in
-    Python keeps counting through each call. (Inductor's default Python wrapper held the GIL:
+    Python keeps counting through the calls. (Inductor's default Python wrapper held the GIL:
     the counting stopped for 20 ms of a 30 ms call; with the C++ wrapper its longest pause
     inside a call was 0.1-1.5 ms.)"""
-    import statistics
     import threading
     import time
 
@@ -93,7 +92,7 @@ def test_the_compiled_push_releases_the_gil_while_it_runs():
     spinner = threading.Thread(target=count, daemon=True)
     spinner.start()
     time.sleep(0.05)
-    for _ in range(5):
+    for _ in range(7):
         t0 = time.perf_counter()
         push_kernel.push(w, buf, avg, gs, hs, nesterov=True)
         calls.append((t0, time.perf_counter()))
@@ -104,7 +103,8 @@ def test_the_compiled_push_releases_the_gil_while_it_runs():
         inside = [a] + [t for t in ticks if a < t < b] + [b]
         paused.append(max(y - x for x, y in zip(inside, inside[1:])) / (b - a))
     assert min(b - a for a, b in calls) > 5e-3  # long enough to tell
-    assert statistics.median(paused) < 0.35, f"the counting thread paused for {paused} of each call"
+    # Holding the GIL pauses the counter in every call; a busy host may pause it in some anyway.
+    assert min(paused) < 0.35, f"the counting thread paused for {paused} of each call"
 
 
 def test_warm_compiles_every_group_size_so_no_push_compiles_later():
@@ -120,3 +120,19 @@ def test_warm_compiles_every_group_size_so_no_push_compiles_later():
         push_kernel.push(w, buf, avg, gs, hs, nesterov=True)
     assert counters["stats"]["unique_graphs"] == graphs  # nothing new was compiled
     assert float(w[0]) != 0.0
+
+
+@pytest.mark.slow  # 16 compilations: about 100 s on a cold cache
+def test_shards_of_every_configuration_in_one_process_all_compile():
+    """torch.compile keeps 8 variants of one code object and, under fullgraph, fails past them:
+    4 group sizes for each of the 4 configurations (Nesterov or not, Polyak or not) in one
+    process (the test suite, a simulator with several shards) must not run out."""
+    for nesterov in (True, False):
+        for averaged in (True, False):
+            assert push_kernel.warm(nesterov, averaged)
+            n = 1000
+            w, buf, avg = torch.zeros(n), torch.zeros(n), torch.zeros(n)
+            gs = [torch.full((n,), 1e-3) for _ in range(push_kernel.GROUP)]
+            hs = push_kernel.numbers([(g, 0.01, 0.5) for g in gs], 1e-4, 0.9)
+            push_kernel.push(w, buf, avg if averaged else None, gs, hs, nesterov=nesterov)
+            assert float(w[0]) < 0
