@@ -68,6 +68,13 @@ def test_a_group_in_one_loop_equals_one_call_per_push_bit_for_bit(k, averaged):
     assert torch.equal(one[2], avg) != averaged  # the average moved only where there is one
 
 
+def constant_push(n, k):
+    """Zero weights, momentum and average of n elements and k constant gradients, with `hs`."""
+    gs = [torch.full((n,), 1e-3) for _ in range(k)]
+    return (torch.zeros(n), torch.zeros(n), torch.zeros(n), gs,
+            push_kernel.numbers([(g, 0.01, 0.5) for g in gs], 1e-4, 0.9))
+
+
 def test_the_compiled_push_releases_the_gil_while_it_runs():
     """A shard's other threads (pulls, `ray.put`, the Ray calls bringing the next pushes) must
     run while a push's loop runs, as they do during torch's own kernels: a thread counting in
@@ -78,10 +85,7 @@ def test_the_compiled_push_releases_the_gil_while_it_runs():
     import time
 
     assert push_kernel.compiled() is not None
-    n = 1 << 23  # 32 MiB an array: each call takes tens of ms here
-    w, buf, avg = torch.zeros(n), torch.zeros(n), torch.zeros(n)
-    gs = [torch.full((n,), 1e-3) for _ in range(push_kernel.GROUP)]
-    hs = push_kernel.numbers([(g, 0.01, 0.5) for g in gs], 1e-4, 0.9)
+    w, buf, avg, gs, hs = constant_push(1 << 23, push_kernel.GROUP)  # 32 MiB arrays: tens of ms
     push_kernel.push(w, buf, avg, gs, hs, nesterov=True)  # compiled before timing
     ticks, calls, stop = [], [], threading.Event()
 
@@ -112,14 +116,11 @@ def test_warm_compiles_every_group_size_so_no_push_compiles_later():
 
     assert push_kernel.warm(nesterov=True, averaged=True)
     graphs = counters["stats"]["unique_graphs"]
-    n = (1 << 20) + 3  # another size, as a shard's blocks are
-    w, buf, avg = torch.zeros(n), torch.zeros(n), torch.zeros(n)
     for k in range(1, push_kernel.GROUP + 1):
-        gs = [torch.full((n,), 1e-3) for _ in range(k)]
-        hs = push_kernel.numbers([(g, 0.01, 0.5) for g in gs], 1e-4, 0.9)
+        w, buf, avg, gs, hs = constant_push((1 << 20) + 3, k)  # another size, as blocks are
         push_kernel.push(w, buf, avg, gs, hs, nesterov=True)
+        assert float(w[0]) != 0.0
     assert counters["stats"]["unique_graphs"] == graphs  # nothing new was compiled
-    assert float(w[0]) != 0.0
 
 
 @pytest.mark.slow  # 16 compilations: about 100 s on a cold cache
@@ -130,9 +131,6 @@ def test_shards_of_every_configuration_in_one_process_all_compile():
     for nesterov in (True, False):
         for averaged in (True, False):
             assert push_kernel.warm(nesterov, averaged)
-            n = 1000
-            w, buf, avg = torch.zeros(n), torch.zeros(n), torch.zeros(n)
-            gs = [torch.full((n,), 1e-3) for _ in range(push_kernel.GROUP)]
-            hs = push_kernel.numbers([(g, 0.01, 0.5) for g in gs], 1e-4, 0.9)
+            w, buf, avg, gs, hs = constant_push(1000, push_kernel.GROUP)
             push_kernel.push(w, buf, avg if averaged else None, gs, hs, nesterov=nesterov)
             assert float(w[0]) < 0

@@ -84,21 +84,22 @@ class NesterovMomentum:
         if self.kernel == "fused" and not fused_sgd_works():
             raise ValueError(f"kernel='fused' needs torch._fused_sgd_ as torch 2.11-2.14 have it; "
                              f"torch {torch.__version__} does not: use kernel='auto' or 'inplace'")
-        if self.kernel == "compiled" and push_kernel.compiled() is None:
+        if self.kernel == "compiled" and push_kernel.compiled(self.nesterov) is None:
             raise ValueError("kernel='compiled': torch.compile cannot build the push here (it "
                              "needs a C++ compiler); use kernel='auto' or 'fused'")
         if self.nesterov and self.momentum == 0.0:
             # torch refuses nesterov without momentum; plain SGD is the same rule here.
             object.__setattr__(self, "nesterov", False)
 
-    def compiled_push(self, n: int) -> bool:
-        """Does a push on a shard of `n` parameters run the compiled loop (push_kernel.py)? Not
-        without momentum: torch's kernel leaves the buffer alone then, the loop would write it."""
+    def compiled_push(self, n: int, averaged: bool = True) -> bool:
+        """Does a push on a shard of `n` parameters (with a Polyak average, or not) run the
+        compiled loop (push_kernel.py)? Not without momentum: torch's kernel leaves the buffer
+        alone then, the loop would write it. Builds the loop of this configuration only."""
         if not self.momentum or self.kernel in ("fused", "inplace"):
             return False
         if self.kernel == "auto" and n < push_kernel.MIN_SIZE:
             return False
-        return push_kernel.compiled() is not None
+        return push_kernel.compiled(self.nesterov, averaged) is not None
 
     @property
     def fused(self) -> bool:

@@ -119,8 +119,9 @@ def _compiled(nesterov: bool, averaged: bool):
 
 def push(w, buf, avg, gs: list, hs: torch.Tensor, *, nesterov: bool) -> None:
     """Run the compiled `plain_push` on `gs` in groups of at most GROUP (the caller checked
-    `compiled()` is not None); `hs`: (len(gs), 4) float32, see `plain_push`."""
-    kernel = compiled(nesterov, avg is not None) or plain_push  # (eager if this one failed)
+    `compiled(nesterov, avg is not None)` is not None); `hs`: (len(gs), 4) float32, see
+    `plain_push`."""
+    kernel = compiled(nesterov, avg is not None)
     for i in range(0, len(gs), GROUP):
         kernel(w, buf, avg, gs[i:i + GROUP], hs[i:i + GROUP], nesterov)
 

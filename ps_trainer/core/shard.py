@@ -440,7 +440,7 @@ class ShardState:
             self.batched += len(steps)
         n, opt = self._w.shape[0], self.optimizer
         mean_square = self.policy.running_mean_square(n) if w_read is not None else None
-        compiled = w_read is None and opt.compiled_push(n)
+        compiled = w_read is None and opt.compiled_push(n, self._avg is not None)
         block = (min(self.block, self.policy.block) if w_read is not None
                  else push_kernel.BLOCK if compiled else self.block)
         out, tmp = self._scratch()

@@ -95,9 +95,9 @@ class ParameterServerShard:
 
     def _warm(self) -> None:
         """Compile the push loop's variants while the workers start, not at the pushes."""
-        opt = self.state.optimizer
-        if opt.compiled_push(self.state.params.shape[0]):
-            push_kernel.warm(opt.nesterov, self.state.average is not None)
+        opt, averaged = self.state.optimizer, self.state.average is not None
+        if opt.compiled_push(self.state.params.shape[0], averaged):
+            push_kernel.warm(opt.nesterov, averaged)
 
     def _slice(self, index: int, checkpoints: str, tries: int = 3) -> tuple[dict | None, str]:
         """This shard's state in the latest checkpoint under `checkpoints`, or (None, why not).
