@@ -249,15 +249,21 @@ def main() -> None:
             fused.step(wb, old._buf[i:j], out, 0.01, scratch=tmp)
             old._avg[i:j].lerp_(wb, 0.001)
 
+    # Gradients of the other pushes in a group: arrays of their own, as pushes from different
+    # workers are (the same array k times would be read from cache k - 1 times).
+    others = [rng.standard_normal(n, dtype=np.float32) for _ in range(3)]
+    for o in others:
+        o.flags.writeable = False
+
     def queued(s, k):
         """k pushes that queued while the shard was busy, as the next one to take the lock applies
         them (`ShardState.push`): each checked (in its own thread, before the lock: here in
         turn), then all decided and applied in one blocked pass. Timed in full, reported per push."""
         def run():
-            for _ in range(k - 1):
-                assert not s._check(grad, None, None)
+            for o in others[:k - 1]:
+                assert not s._check(o, None, None)
             with s._queue_lock:
-                s._queue += [_Queued(grad, s.version, 0, None, "") for _ in range(k - 1)]
+                s._queue += [_Queued(o, s.version, 0, None, "") for o in others[:k - 1]]
             assert s.push(grad, s.version, worker=0).outcome == "applied"
         return run
 

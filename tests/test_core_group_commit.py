@@ -122,17 +122,24 @@ def test_a_bug_deciding_one_queued_push_is_raised_in_its_own_thread_and_the_rest
     assert s.clocks == {0: 1, 1: 1, 2: 1, 3: 1} and not s._queue
 
 
-def test_the_finite_check_is_exact_where_the_sum_overflows():
-    """`gradient_finite` reads the sum; finite values whose sum overflows float32 are still
-    finite, and a NaN or Inf is found wherever it sits."""
+@pytest.mark.parametrize("compiled", [False, True])
+def test_the_finite_check_is_exact_where_the_sum_overflows(compiled):
+    """`gradient_finite` reads the sum (torch's, or push_kernel's compiled one that reads 8
+    regions side by side); finite values whose sum overflows float32 are still finite, and a NaN
+    or Inf is found wherever it sits: in any region, or among the elements left over."""
+    from ps_trainer.core import push_kernel
     from ps_trainer.core.shard import gradient_finite
 
-    big = np.full(1000, 3e38, np.float32)  # sum overflows to inf; every element finite
-    assert gradient_finite(big)
+    n = 8 * 8192 + 5  # 8 regions of 8192 and 5 left over
+    if compiled:
+        assert push_kernel.summed() is not None, "torch.compile cannot build the sum here"
+    big = np.full(n, 3e38, np.float32)  # sum overflows to inf; every element finite
+    assert gradient_finite(big, compiled)
     for bad in (np.nan, np.inf, -np.inf):
-        for at in (0, 500, 999):
-            x = np.ones(1000, np.float32)
+        for at in (0, 8191, 8192, 43210, 65535, 65536, n - 1):
+            x = np.ones(n, np.float32)
             x[at] = bad
-            assert not gradient_finite(x)
-    mixed = np.array([np.inf, -np.inf] + [1.0] * 10, np.float32)  # sums to NaN
-    assert not gradient_finite(mixed)
+            assert not gradient_finite(x, compiled), (bad, at)
+    mixed = np.array([np.inf, -np.inf] + [1.0] * (n - 2), np.float32)  # sums to NaN
+    assert not gradient_finite(mixed, compiled)
+    assert gradient_finite(np.ones(n, np.float32), compiled)

@@ -119,8 +119,46 @@ def test_warm_compiles_every_group_size_so_no_push_compiles_later():
     for k in range(1, push_kernel.GROUP + 1):
         w, buf, avg, gs, hs = constant_push((1 << 20) + 3, k)  # another size, as blocks are
         push_kernel.push(w, buf, avg, gs, hs, nesterov=True)
-        assert float(w[0]) != 0.0
+        assert float(w[0]) != 0.0 and float(w[-1]) == float(w[0])  # the left-over element too
+        assert push_kernel.total(gs[0]) == pytest.approx(1e-3 * ((1 << 20) + 3), rel=1e-4)
     assert counters["stats"]["unique_graphs"] == graphs  # nothing new was compiled
+
+
+def test_the_regions_side_by_side_are_one_region_after_the_other():
+    """`push` updates LANES regions in one loop and the few elements left over eagerly: element
+    for element what the eager formula gives over the whole array, to float32 rounding, across
+    block boundaries (blocks made small here so that there are several)."""
+    import unittest.mock
+
+    n = 2 * 2096 + 9  # 2 regions of 2096 elements (3 blocks of about 700 each), 9 left over
+    assert push_kernel.lane_size(n, 2) == 2096 and push_kernel.LANES == 2
+    gen = torch.Generator().manual_seed(1)
+    w, buf, avg = (torch.randn(n, generator=gen) for _ in range(3))
+    gs = [0.1 * torch.randn(n, generator=gen) for _ in range(3)]
+    hs = push_kernel.numbers([(g, 0.05, 0.2) for g in gs], 5e-4, 0.9)
+    mine, ref = [t.clone() for t in (w, buf, avg)], [t.clone() for t in (w, buf, avg)]
+    with unittest.mock.patch.object(push_kernel, "BLOCK", 640):
+        push_kernel.push(*mine, gs, hs, nesterov=True)
+    push_kernel.plain_push([(*ref, gs)], hs, True)  # eager, the whole array as one region
+    for a, b in zip(mine, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert (mine[0] != w).all()  # every element moved, the left-over one included
+
+
+def test_the_compiled_sum_answers_several_threads_at_once():
+    """The check runs before the shard's lock, in whichever Ray thread brought the push: the
+    compiled sum, called from 4 threads at once, gives each what it gives alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gen = torch.Generator().manual_seed(2)
+    xs = [torch.randn(8 * 50_000 + i, generator=gen) for i in range(4)]
+    alone = [push_kernel.total(x) for x in xs]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            assert list(pool.map(push_kernel.total, xs)) == alone
+    for x, a in zip(xs, alone):  # float32 rounding: well under one element's size
+        assert a == pytest.approx(float(x.double().sum()), abs=1e-6 * float(x.abs().sum()))
+        assert abs(a - float(x[:-1].double().sum())) > 1e-3  # (which one element would break)
 
 
 @pytest.mark.slow  # 16 compilations: about 100 s on a cold cache

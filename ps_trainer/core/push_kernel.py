@@ -6,14 +6,18 @@ fused SGD (one pass) and the lerp, which re-reads the block's new weights from c
 (`ShardState._steps`). Here the same arithmetic is one function that TorchInductor fuses into a
 single loop (C++ on a CPU): it reads g, w, the momentum buffer and the average once and writes
 three of them, every value in registers in between. On the Xeon VM that is 0.65-0.8x the eager
-blocks' time (docs/benchmarks.md, shard update). Several pushes that queued behind a busy shard
-(group commit) run in the same loop: each element is read and written once for all of them, so 4
-pushes cost less than half of 4 single ones (0.39-0.49x each, check included), and give the same
-numbers, bit for bit.
+blocks' time (docs/benchmarks.md, shard update). The loop walks two regions of the shard side by
+side (`LANES`): one core streams memory faster from more places at once. Several pushes that
+queued behind a busy shard (group commit) run in the same loop: each element is read and written
+once for all of them, so 4 pushes cost about half of 4 single ones (0.55x each, check included,
+each push with a gradient of its own), and give the same numbers, bit for bit.
+
+A shard that runs this loop also checks its gradients with a compiled sum (`total`), which reads
+eight regions side by side: 0.8x torch.sum's time.
 
 It is built with Inductor's C++ wrapper (`OPTIONS`), whose entry point releases the GIL while the
 loop runs, as torch's kernels do: the shard's other threads go on meanwhile. A Ray shard compiles
-every group size as it starts (`warm`), so no push waits for a compilation.
+every group size, and the sum, as it starts (`warm`), so no push waits for a compilation.
 
 Its price, as for DC-ASGD's compiled push (dc_kernel.py): a C++ compiler at run time, a
 compilation per process (17 s for the first group size on a cold cache here, 4 more sizes in
@@ -28,13 +32,14 @@ take torch's fused kernel, exactly.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import types
 
 import torch
 
-__all__ = ["BLOCK", "GROUP", "MIN_SIZE", "OPTIONS", "compiled", "numbers", "plain_push", "push",
-           "step", "warm"]
+__all__ = ["ALIGN", "BLOCK", "CHECK_LANES", "GROUP", "LANES", "MIN_SIZE", "OPTIONS", "compiled", "numbers",
+           "lane_size", "plain_push", "push", "step", "total", "warm"]
 
 MIN_SIZE = 1 << 22  # parameters: a smaller shard's push stays eager under kernel="auto"
 
@@ -43,22 +48,60 @@ MIN_SIZE = 1 << 22  # parameters: a smaller shard's push stays eager under kerne
 # what queues behind a shard at K=16 in four calls or fewer per block.
 GROUP = 4
 
-# Elements per call (16 MiB of each array): a call of the compiled function costs about 50 us
-# here, so the shard's 1M blocks paid 1.3 ms a push in calls; 4M blocks were fastest (25-27 ms
+# Elements per region and call (16 MiB of each array): a call of the compiled function costs
+# about 50 us here, so the shard's 1M blocks paid 1.3 ms a push in calls; 4M blocks were fastest (25-27 ms
 # for 25.6M parameters, against 28-38 ms in 1M and 26-34 ms in one call; scratch runs, Xeon VM).
 BLOCK = 1 << 22
 
+# Regions of the shard one loop updates side by side: element x of the first half and element x
+# of the second in the same iteration. One core reads memory faster from more streams at once
+# (more cache misses in flight): a push's loop reads 4 arrays and writes 3; over two regions,
+# 14 streams, it took 0.85x the time of one region (30.0 against 35.1 ms for 25.6M parameters,
+# medians of 15 rounds, Xeon VM; 4 regions 29.0). A group of 4 pushes already reads 7 arrays:
+# two regions were the same there (13.0 ms a push either way).
+LANES = 2
 
-def plain_push(w: torch.Tensor, buf: torch.Tensor, avg: torch.Tensor | None,
-               gs: list[torch.Tensor], hs: torch.Tensor, nesterov: bool) -> None:
-    """Push after push, in place on `w`, `buf` (momentum) and `avg` (Polyak, or None): for each
-    gradient in `gs`, the formula of `NesterovMomentum` (torch.optim.SGD's), then the lerp. Row i of
-    `hs` holds push i's numbers as a tensor, so that new values reuse the compiled code: [lr,
-    weight decay, momentum, Polyak weight]. Compiled, the pushes of a group run in one loop: each
-    element is read once, every push's arithmetic applied to it in registers, in order, and
-    written once (ShardState's group commit): the same values as one call per push."""
-    for i, g in enumerate(gs):
-        step(w, buf, avg, g, *hs[i].unbind(), nesterov)
+# The same for the check's read of the gradient (`total`): one stream summed at 9.2 ms, 2 at
+# 9.1, 4 at 7.8 and 8 at 7.3 (the same runs).
+CHECK_LANES = 8
+
+# Regions and blocks start at multiples of this many elements (64 bytes) from the array's start:
+# the compiled code is specialized on whether its pointers are 16-byte aligned, so an unaligned
+# region would compile a variant of its own, at a push, past what `warm` built.
+ALIGN = 16
+SMALLEST = 64  # elements per region at least; smaller arrays run `plain_push` eagerly
+# The compiled sum's regions at least: Inductor builds a sum of more than 4096 elements another way
+# (with a cascade of partial sums), so smaller regions would compile a second variant.
+SUM_SMALLEST = 1 << 13
+
+
+def lane_size(n: int, lanes: int) -> int:
+    """Elements in each of `lanes` regions of an array of n (a multiple of ALIGN; 0: too small)."""
+    lane = n // lanes // ALIGN * ALIGN
+    return lane if lane >= SMALLEST else 0
+
+
+def plain_push(lanes: list, hs: torch.Tensor, nesterov: bool) -> None:
+    """Push after push, in place: `lanes` is a list of regions of the same size, each (w, buf, avg,
+    gs): the weights, the momentum buffer, the Polyak average (or None) and the group's gradients
+    there. For each gradient, the formula of `NesterovMomentum` (torch.optim.SGD's), then the
+    lerp. Row i of `hs` holds push i's numbers as a tensor, so that new values reuse the compiled
+    code: [lr, weight decay, momentum, Polyak weight]. Compiled, it is one loop over the regions
+    side by side, and the pushes of a group run in it together: each element is read once,
+    every push's arithmetic applied to it in registers, in order, and written once (ShardState's
+    group commit): the same values as one call per push."""
+    for w, buf, avg, gs in lanes:
+        for i, g in enumerate(gs):
+            step(w, buf, avg, g, *hs[i].unbind(), nesterov)
+
+
+def lanes_sum(*parts: torch.Tensor) -> torch.Tensor:
+    """The sum of every element of `parts` (regions of the same size), compiled into one loop
+    that reads them side by side (`total`)."""
+    s = parts[0]
+    for p in parts[1:]:
+        s = s + p
+    return s.sum()
 
 
 def step(w, buf, avg, g, lr, wd, mom, weight, nesterov: bool) -> None:
@@ -80,6 +123,11 @@ def step(w, buf, avg, g, lr, wd, mom, weight, nesterov: bool) -> None:
 OPTIONS = {"cpp_wrapper": True}
 
 _building = threading.Lock()  # one build, whichever thread asks first (`warm` runs in a thread)
+
+
+def cut(lo: int, hi: int, w, buf, avg, gs: list) -> tuple:
+    """Elements [lo, hi) of every array of a push: one region for `plain_push`."""
+    return w[lo:hi], buf[lo:hi], None if avg is None else avg[lo:hi], [g[lo:hi] for g in gs]
 
 
 def compiled(nesterov: bool = True, averaged: bool = True):
@@ -105,11 +153,12 @@ def _compiled(nesterov: bool, averaged: bool):
     try:
         kernel = torch.compile(fn, dynamic=True, fullgraph=True, options=OPTIONS)
         gen = torch.Generator().manual_seed(0)
-        w, buf, avg, g = (torch.rand(37, generator=gen) for _ in range(4))
+        w, buf, avg, g = (torch.rand(LANES * SMALLEST, generator=gen) for _ in range(4))
         mine, ref = [t.clone() for t in (w, buf, avg)], [t.clone() for t in (w, buf, avg)]
         h = torch.tensor([[0.1, 1e-3, 0.9, 0.3]])
-        kernel(mine[0], mine[1], mine[2] if averaged else None, [g], h, nesterov)
-        plain_push(ref[0], ref[1], ref[2] if averaged else None, [g], h, nesterov)
+        for fn, (w_, buf_, avg_) in ((kernel, mine), (plain_push, ref)):
+            fn([cut(SMALLEST * j, SMALLEST * (j + 1), w_, buf_, avg_ if averaged else None, [g])
+                for j in range(LANES)], h, nesterov)
         if not all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(mine, ref)):
             return None
         return kernel
@@ -117,13 +166,57 @@ def _compiled(nesterov: bool, averaged: bool):
         return None
 
 
+def summed():
+    """`lanes_sum` compiled (dynamic shapes: every size), or None where it cannot be built or
+    does not match torch.sum on a few numbers here; once per process, whichever thread asks."""
+    with _building:
+        return _summed()
+
+
+@functools.cache
+def _summed():
+    try:
+        kernel = torch.compile(lanes_sum, dynamic=True, fullgraph=True, options=OPTIONS)
+        x = torch.rand(CHECK_LANES * SUM_SMALLEST, generator=torch.Generator().manual_seed(0))
+        parts = x.split(SUM_SMALLEST)  # as `total` cuts its regions
+        if not torch.allclose(kernel(*parts), x.sum(), rtol=1e-5):
+            return None
+        x[3 * SUM_SMALLEST + 5] = float("nan")
+        return None if math.isfinite(float(kernel(*parts))) else kernel
+    except Exception:  # noqa: BLE001 - as in `_compiled`: the caller takes torch.sum
+        return None
+
+
+def total(t: torch.Tensor) -> float:
+    """The sum of `t`'s elements (float32 arithmetic), read by `lanes_sum`'s compiled loop in
+    CHECK_LANES regions side by side where it builds (torch.sum for the few left over, and where
+    it does not). What a shard that runs the compiled push checks a gradient with: the sum is
+    finite only if every element is, whatever order it adds them in (`gradient_finite`)."""
+    kernel, lane = summed(), lane_size(t.shape[0], CHECK_LANES)
+    if kernel is None or lane < SUM_SMALLEST:
+        return float(t.sum())
+    head = float(kernel(*t[:CHECK_LANES * lane].split(lane)))
+    return head + float(t[CHECK_LANES * lane:].sum())
+
+
 def push(w, buf, avg, gs: list, hs: torch.Tensor, *, nesterov: bool) -> None:
-    """Run the compiled `plain_push` on `gs` in groups of at most GROUP (the caller checked
-    `compiled(nesterov, avg is not None)` is not None); `hs`: (len(gs), 4) float32, see
+    """Apply the pushes of `gs` to the whole arrays `w`, `buf`, `avg` (None: no average) with the
+    compiled `plain_push` (the caller checked `compiled(nesterov, avg is not None)` is not None):
+    LANES regions side by side (`lane_size`), in blocks of about BLOCK to 2 x BLOCK elements
+    each, the gradients in groups of at most GROUP; the few elements left over (under LANES x
+    ALIGN), and arrays too small for regions, eagerly. `hs`: (len(gs), 4) float32, see
     `plain_push`."""
     kernel = compiled(nesterov, avg is not None)
-    for i in range(0, len(gs), GROUP):
-        kernel(w, buf, avg, gs[i:i + GROUP], hs[i:i + GROUP], nesterov)
+    n = w.shape[0]
+    lane = lane_size(n, LANES)
+    blocks = max(1, lane // BLOCK)
+    edges = [lane * b // blocks // ALIGN * ALIGN for b in range(blocks)] + [lane]
+    for lo, hi in zip(edges, edges[1:] if lane else []):  # (no small block to specialize on)
+        for i in range(0, len(gs), GROUP):
+            kernel([cut(j * lane + lo, j * lane + hi, w, buf, avg, gs[i:i + GROUP])
+                    for j in range(LANES)], hs[i:i + GROUP], nesterov)
+    if LANES * lane < n:
+        plain_push([cut(LANES * lane, n, w, buf, avg, gs)], hs, nesterov)
 
 
 def warm(nesterov: bool, averaged: bool) -> bool:
@@ -135,9 +228,10 @@ def warm(nesterov: bool, averaged: bool) -> bool:
     if compiled(nesterov, averaged) is None:
         return False
     for k in range(1, GROUP + 1):
-        w, buf, avg, *gs = (torch.zeros(37) for _ in range(3 + k))  # (aligned, as blocks are)
+        w, buf, avg, *gs = (torch.zeros(LANES * SMALLEST) for _ in range(3 + k))
         push(w, buf, avg if averaged else None, gs, numbers([(None, 0.0, 0.0)] * k, 0.0, 0.0),
              nesterov=nesterov)
+    summed()
     return True
 
 

@@ -69,14 +69,16 @@ def from_bfloat16_bits(bits: np.ndarray) -> np.ndarray:
     return torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16).float().numpy()
 
 
-def gradient_finite(grad: np.ndarray) -> bool:
+def gradient_finite(grad: np.ndarray, compiled: bool = False) -> bool:
     """Is every element finite? One vectorized read, no temporary: the sum of the elements is
     finite only if every element is (an Inf or NaN anywhere makes it Inf or NaN). A sum that is
     not finite (a NaN or Inf, or a float32 overflow of finite values) is settled exactly by the
     minimum and maximum, both finite iff every element is. The sum reads at twice `aminmax`'s
-    speed on the Xeon VM (docs/benchmarks.md), at the same speed on the EPYC."""
+    speed on the Xeon VM (docs/benchmarks.md), at the same speed on the EPYC. With `compiled` (a
+    shard that runs the compiled push), the sum is push_kernel's, which reads the gradient in
+    several regions side by side: 0.8x torch.sum's time there."""
     t = torch.from_numpy(grad)
-    if math.isfinite(float(t.sum())):
+    if math.isfinite(push_kernel.total(t) if compiled else float(t.sum())):
         return True
     lo, hi = torch.aminmax(t)
     return math.isfinite(float(lo)) and math.isfinite(float(hi))
@@ -272,7 +274,8 @@ class ShardState:
                 return f"BatchNorm statistics must be float32 of shape {self.buffers.shape}"
             if not np.isfinite(bn_stats).all():
                 return "BatchNorm statistics contain NaN or Inf"
-        if not gradient_finite(grad):
+        if not gradient_finite(grad, self.optimizer.compiled_push(grad.shape[0],
+                                                                  self._avg is not None)):
             return "gradient contains NaN or Inf"
         return ""
 
@@ -427,32 +430,30 @@ class ShardState:
         self._steps([(g, lr, weight)], w_read)
 
     def _steps(self, steps: list, w_read: torch.Tensor | None = None) -> None:
-        """Apply `steps` [(g, lr, Polyak weight)] in order, block by block: in each block every
-        step runs the compensation (DC-ASGD: one step, with `w_read`), the SGD kernel and the
-        Polyak lerp (or the compiled loop that does both, for the whole group at once:
-        push_kernel.py), each finding the
-        block's arrays in cache where the one before left them. A compensated push takes the
-        policy's blocks (it keeps twice as many arrays in cache as a plain one), the compiled loop
-        its own (push_kernel.BLOCK: larger, since each call costs 50 us)."""
+        """Apply `steps` [(g, lr, Polyak weight)] in order. A shard that runs the compiled push
+        hands the whole group to push_kernel.py: one loop does the SGD step and the Polyak lerp
+        of every push, over blocks of its own. Otherwise block by block: in each block every step
+        runs the compensation (DC-ASGD: one step, with `w_read`), the SGD kernel and the Polyak
+        lerp, each finding the block's arrays in cache where the one before left them; a
+        compensated push takes the policy's blocks (it keeps twice as many arrays in cache)."""
         if not steps:
             return
         if len(steps) > 1:
             self.batched += len(steps)
         n, opt = self._w.shape[0], self.optimizer
+        if w_read is None and opt.compiled_push(n, self._avg is not None):
+            # the whole group in one loop over the arrays (push_kernel.py: its own blocks)
+            push_kernel.push(self._w, self._buf, self._avg, [g for g, _, _ in steps],
+                             push_kernel.numbers(steps, opt.weight_decay, opt.momentum),
+                             nesterov=opt.nesterov)
+            return
         mean_square = self.policy.running_mean_square(n) if w_read is not None else None
-        compiled = w_read is None and opt.compiled_push(n, self._avg is not None)
-        block = (min(self.block, self.policy.block) if w_read is not None
-                 else push_kernel.BLOCK if compiled else self.block)
+        block = min(self.block, self.policy.block) if w_read is not None else self.block
         out, tmp = self._scratch()
-        hs = push_kernel.numbers(steps, opt.weight_decay, opt.momentum) if compiled else None
         for start in range(0, n, block):
             end = min(start + block, n)
             w, buf = self._w[start:end], self._buf[start:end]
             avg = self._avg[start:end] if self._avg is not None else None
-            if compiled:  # the whole group in one loop over the block
-                push_kernel.push(w, buf, avg, [g[start:end] for g, _, _ in steps], hs,
-                                 nesterov=opt.nesterov)
-                continue
             for g, lr, weight in steps:
                 gb = g[start:end]
                 if w_read is not None:
