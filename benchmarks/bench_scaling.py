@@ -2,13 +2,16 @@
 many shards a 16- or 64-GPU Inception v3 run needs.
 
 A model, fed with costs measured in this run: the queueing model of ps_trainer/harness/scaling.py
-(a push occupies its shard for `shard time`; FIFO; workers as `Worker` runs them on a GPU:
-max_inflight 2, prefetched pulls), where
+(pushes occupy their shard; a shard that comes free applies every push that queued meanwhile in
+one pass, as `ShardState.push` does: group commit; workers as `Worker` runs them on a GPU:
+max_inflight 2, prefetched pulls), where k pushes applied together take
 
-    shard time(S) = ShardState.push at P/S parameters  (measured here: validate + Nesterov + weight
-                    decay + Polyak, one torch thread, caches flushed before each push; CPU time)
-                  + 2 memcpys of P/S float32            (measured here: the gradient in, the new
-                    weights out; or bytes / --link-gbps for a network link instead)
+    shard time(S, k) = ShardState.push of k pushes at P/S parameters  (measured here for k = 1 to
+                       4, each push with a gradient of its own: k validations + one pass of Nesterov,
+                       weight decay and Polyak for all k; one torch thread, caches flushed before
+                       each call; CPU time; k > 4 as groups of 4 and the rest, as the loop runs them)
+                     + (k + 1) memcpys of P/S float32  (measured here: k gradients in, one copy of
+                       the new weights out; or bytes / --link-gbps for a network link instead)
 
 and a worker's step is a GPU step of Inception v3: by default 128 / 2231 s, the plain bf16
 channels_last loop at batch 128 on an H200 (docs/benchmarks.md, "GPU: a Ray worker against a
@@ -35,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DOC, machine, write_section  # noqa: E402
 
 from ps_trainer.core import LRSchedule, NesterovMomentum, PolyakAverage, ShardState  # noqa: E402
+from ps_trainer.core.push_kernel import GROUP  # noqa: E402
+from ps_trainer.core.shard import _Queued  # noqa: E402
 from ps_trainer.harness.scaling import shards_needed, simulate_scaling  # noqa: E402
 
 SECTION = "Scaling curve: K workers against S shards (model fed by measured costs)"
@@ -46,13 +51,25 @@ WORKER = dict(inflight=2, prefetch=True, jitter=0.1)  # a GPU worker's defaults;
 NOTES = """How to read it. Each cell is the model's steady state (after a fifth of the run) for workers
 that never wait for each other. Until the shards saturate, updates/s = K / step and a push's
 staleness is about 2K (the pull is prefetched one step early, and a worker's own pushes are still
-in flight); once the K workers ask for more than 1 / shard time, updates/s stays at that ceiling
-and pushes queue at the shards (up to max_inflight + 1 per worker), so the staleness grows to about
-4K. The shard time falls almost as 1/S until a push is a few hundred thousand parameters; below
-that a push's fixed cost (the Python call, the kernel launches, cold caches) dominates, which is
-what sets the 64-GPU answer. A shard here is one core; torch threads in a shard, or the transfers
-overlapping the update (Ray fetches arguments in other threads), would lower the counts. The
-staleness policies change what a stale push does, not these rates."""
+in flight). As K grows, pushes start to queue at a shard, and a shard that comes free applies
+all that queued in one pass (group commit: `ShardState.push`), which costs less per push than
+one pass each; so a loaded shard's ceiling rises from 1 / (shard time alone) towards its rate in
+groups of 4, and past it the pushes queue (up to max_inflight + 1 per worker) and the staleness
+grows to about 4K. The shard time falls almost as 1/S until a push is a few hundred thousand
+parameters; below that a push's fixed cost (the Python call, the kernel launches, cold caches)
+dominates, which is what sets the 64-GPU answer. Below 2M parameters a shard runs torch's fused
+kernel, where a group saves less than in the compiled loop of larger shards. A shard here is one
+core; torch threads in a shard, or the transfers overlapping the update (Ray fetches arguments in
+other threads), would lower the counts. The staleness policies change what a stale push does,
+not these rates.
+
+Session 15 (2026-12-02): the model gained group commit. Before, it served one push at a time,
+which no shard of ps-trainer has done since group commit came in (session 13), and so it
+overstated the shards a run needs (the "one push at a time" line gives that answer from the same
+costs). The model's convoy at K = 4 with one shard (groups of 1 and 3 in turn: 75% of the
+pushes applied together, tests/test_bench_update_scaling.py) is what the server-capacity
+benchmark measured (74% together at S = 1, K = 4). The costs above were measured on the 2-core
+Xeon VM; the table before this session's was measured on the EPYC, with the code of then."""
 
 
 def model_params(name: str) -> int:
@@ -64,47 +81,66 @@ def model_params(name: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def measure_costs(params: int, shard_counts: list[int], rounds: int) -> dict[int, tuple[float, float]]:
-    """{S: (s per ShardState.push, s per memcpy)} at P/S parameters, each timed cold (after a
-    64 MiB read) in CPU time of this thread (one torch thread: the work is all here; other
-    processes on a shared machine do not count): medians over interleaved rounds."""
+def measure_costs(params: int, shard_counts: list[int], rounds: int) -> dict[int, tuple[list, float]]:
+    """{S: ([s for k pushes applied together, k = 1..GROUP], s per memcpy)} at P/S parameters,
+    each timed cold (after a 64 MiB read) in CPU time of this thread (one torch thread: the
+    work is all here; other processes on a shared machine do not count): medians over
+    interleaved rounds. k pushes: k - 1 queued (each validated, as its own thread would) and the
+    k-th applying them all, each with a gradient of its own (`ShardState.push`, group commit)."""
     rng = np.random.default_rng(0)
     evict = torch.ones(EVICT)
     sizes = {s: -(-params // s) for s in shard_counts}
     largest = max(sizes.values())
-    grad_all = rng.standard_normal(largest, dtype=np.float32)
-    grad_all.flags.writeable = False  # as it arrives from Ray's object store
+    grads = [rng.standard_normal(largest, dtype=np.float32) for _ in range(GROUP)]
+    for g in grads:
+        g.flags.writeable = False  # as they arrive from Ray's object store
     src, dst = torch.from_numpy(rng.standard_normal(largest, dtype=np.float32)), torch.empty(largest)
     dst.zero_()
     shards = {s: ShardState(0, rng.standard_normal(n, dtype=np.float32),
                             optimizer=NesterovMomentum(0.9, 1e-4), schedule=LRSchedule(0.01),
                             averager=PolyakAverage(0.999)) for s, n in sizes.items()}
-    push_t = {s: [] for s in sizes}
+
+    def together(shard, n, k):
+        def run():
+            for g in grads[1:k]:
+                assert not shard._check(g[:n], None, None)
+            with shard._queue_lock:
+                shard._queue += [_Queued(g[:n], shard.version, 0, None, "") for g in grads[1:k]]
+            assert shard.push(grads[0][:n], shard.version).outcome == "applied"
+        return run
+
+    push_t = {(s, k): [] for s in sizes for k in range(1, GROUP + 1)}
     copy_t = {s: [] for s in sizes}
     for _ in range(rounds):
         for s, n in sizes.items():
-            grad, shard = grad_all[:n], shards[s]
-            for times, fn in ((push_t[s], lambda: shard.push(grad, shard.version)),
-                              (copy_t[s], lambda: dst[:n].copy_(src[:n]))):
+            cases = [(push_t[s, k], together(shards[s], n, k)) for k in range(1, GROUP + 1)]
+            for times, fn in cases + [(copy_t[s], lambda: dst[:n].copy_(src[:n]))]:
                 evict.sum()  # read, not written: no dirty lines for the timed call to write back
                 t = time.thread_time()  # CPU s of this thread: what the shard's core spends
                 fn()
                 times.append(time.thread_time() - t)
-    return {s: (statistics.median(push_t[s][1:] or push_t[s]),
-                statistics.median(copy_t[s][1:] or copy_t[s])) for s in sizes}
+    med = lambda ts: statistics.median(ts[1:] or ts)  # noqa: E731 (the first round warms up)
+    return {s: ([med(push_t[s, k]) for k in range(1, GROUP + 1)], med(copy_t[s])) for s in sizes}
 
 
-def shard_time_of(costs: dict[int, tuple[float, float]], params: int, link_gbps: float | None):
-    """s a push occupies a shard of P / S parameters: measured at the S in `costs`, linear in the
-    shard's size between them."""
-    ns = sorted((-(-params // s), push, copy) for s, (push, copy) in costs.items())
-    n_at, push_at, copy_at = (np.array(c, dtype=float) for c in zip(*ns))
+def shard_time_of(costs: dict[int, tuple[list, float]], params: int, link_gbps: float | None,
+                  group_commit: bool = True):
+    """For S shards, what the model takes as `shard_time`: a function k -> s to apply k pushes
+    together at a shard of P / S parameters (or, without `group_commit`, s per push, one at a
+    time): measured at the S in `costs`, linear in the shard's size between them."""
+    ns = sorted((-(-params // s), *push, copy) for s, (push, copy) in costs.items())
+    n_at, *push_at, copy_at = (np.array(c, dtype=float) for c in zip(*ns))
 
-    def of(shards: int) -> float:
+    def of(shards: int):
         n = -(-params // shards)
-        push = float(np.interp(n, n_at, push_at))
+        group = [float(np.interp(n, n_at, at)) for at in push_at]  # s for k = 1..GROUP together
         move = 4.0 * n / (link_gbps * 1e9 / 8) if link_gbps else float(np.interp(n, n_at, copy_at))
-        return push + 2.0 * move
+
+        def together(k: int) -> float:
+            full, rest = divmod(k, GROUP)
+            return full * group[-1] + (group[rest - 1] if rest else 0.0) + (k + 1) * move
+
+        return together if group_commit else together(1)
 
     return of
 
@@ -171,14 +207,19 @@ def main() -> None:
     lines = [f"Machine: {machine()}; 1 torch thread; load average {load:.1f} at the start. "
              f"Model: {'none (--smoke)' if a.smoke else a.model}, P = {params:,} parameters; worker step {1e3 * step:.1f} ms for "
              f"{a.batch} images ({source}); workers with max_inflight 2, prefetched pulls, step "
-             f"times +-10%; shard time = ShardState.push + 2 x {move} of P/S float32, measured in "
-             f"this run (CPU time, cold caches, medians of {a.rounds} rounds).", "",
-             "| S | parameters per shard | ShardState.push, ms | memcpy, ms | shard time per push, ms "
-             "| one shard saturates at, updates/s |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+             f"times +-10%; k pushes applied together (group commit) take ShardState.push of k "
+             f"+ (k + 1) x {move} of P/S float32, measured in this run (CPU time, cold caches, "
+             f"medians of {a.rounds} rounds).", "",
+             "| S | parameters per shard | ShardState.push, ms | 4 together, ms per push | "
+             f"{move}, ms | shard time alone, ms | 4 together, ms per push | one shard saturates "
+             "at, updates/s: alone | in groups of 4 |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for s in measured_s:
         push, copy = costs[s]
-        lines.append(f"| {s} | {-(-params // s):,} | {1e3 * push:.2f} | {1e3 * copy:.2f} | "
-                     f"{1e3 * c(s):.2f} | {1 / c(s):.0f} |")
+        alone, four = c(s)(1), c(s)(GROUP) / GROUP
+        lines.append(f"| {s} | {-(-params // s):,} | {1e3 * push[0]:.2f} | "
+                     f"{1e3 * push[-1] / GROUP:.2f} | {1e3 * copy:.2f} | {1e3 * alone:.2f} | "
+                     f"{1e3 * four:.2f} | {1 / alone:.0f} | {1 / four:.0f} |")
     lines += ["", "Updates/s of each shard (= worker steps/s of all workers together) and, in "
               "brackets, the fraction of the workers' own rate K / step:", "",
               "| K | K / step | " + " | ".join(f"S = {s}" for s in a.shards) + " |",
@@ -187,23 +228,32 @@ def main() -> None:
         cells = [f"{points[k, s].updates_per_s:.0f} ({100 * points[k, s].efficiency:.0f}%)"
                  for s in a.shards]
         lines.append(f"| {k} | {k / step:.0f} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean staleness (versions) of a push, same runs:", "",
-              "| K | " + " | ".join(f"S = {s}" for s in a.shards) + " |",
-              "| ---: | " + " | ".join("---:" for _ in a.shards) + " |"]
-    for k in a.workers:
-        lines.append(f"| {k} | " + " | ".join(f"{points[k, s].staleness_mean:.1f}"
-                                             for s in a.shards) + " |")
+    for title, value, fmt in (("Mean staleness (versions) of a push, same runs:",
+                               lambda p: p.staleness_mean, "{:.1f}"),
+                              ("Pushes a shard applied together with others (group commit), same "
+                               "runs:", lambda p: 100 * p.grouped, "{:.0f}%")):
+        lines += ["", title, "", "| K | " + " | ".join(f"S = {s}" for s in a.shards) + " |",
+                  "| ---: | " + " | ".join("---:" for _ in a.shards) + " |"]
+        for k in a.workers:
+            lines.append(f"| {k} | " + " | ".join(fmt.format(value(points[k, s]))
+                                                 for s in a.shards) + " |")
 
     # Where one shard saturates, and the shards 16 and 64 GPUs need (95% of their own rate).
-    one = 1 / c(1)
-    lines += ["", f"One shard saturates at {one:.0f} updates/s ({one * a.batch:.0f} images/s): "
-              f"the workers' rate K / step reaches it at K = {one * step:.1f}."]
+    alone, four = 1 / c(1)(1), GROUP / c(1)(GROUP)
+    lines += ["", f"One shard saturates at {alone:.0f} updates/s ({alone * a.batch:.0f} images/s) "
+              f"one push at a time, and at {four:.0f} ({four * a.batch:.0f} images/s) in groups of "
+              f"{GROUP}: the workers' rate K / step reaches those at K = {alone * step:.1f} and "
+              f"{four * step:.1f}."]
     need = {}
     for k in (16, 64):
         need[k] = shards_needed(k, step, c, most=256, **opts)
         lines.append(f"- **{k} GPUs: {need[k] if need[k] else 'more than 256'} shards** for 95% of "
                      f"the workers' rate ({k / step:.0f} updates/s, {k * a.batch / step:.0f} images/s)"
-                     f"; shard time at that S: {1e3 * c(need[k] or 256):.2f} ms.")
+                     f"; shard time at that S: {1e3 * c(need[k] or 256)(1):.2f} ms a push alone.")
+    fifo = shard_time_of(costs, params, a.link_gbps, group_commit=False)
+    got = {k: shards_needed(k, step, fifo, most=256, **opts) for k in (16, 64)}
+    lines.append(f"- one push at a time (no group commit): 16 GPUs {got[16] or '> 256'}, "
+                 f"64 GPUs {got[64] or '> 256'} shards.")
     if not a.link_gbps:
         for gbps in (100.0, 25.0):
             cl = shard_time_of(costs, params, gbps)

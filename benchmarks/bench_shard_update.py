@@ -9,7 +9,7 @@ kernel is missing), DC-ASGD's push (and the same code with the plain push's 1M b
 code before it: eleven passes per 1M block), and the obvious alternatives (six numpy ufuncs, the
 unblocked fused kernel + lerp, the finite check fused into the blocks, which is *not* exact on a
 rejected push). DC-ASGD's push is timed with both of its kernels: the compiled one (the whole push
-as one torch.compile'd loop, core/dc_kernel.py: what a shard of 4M+ parameters runs) and the eager
+as one torch.compile'd loop, core/dc_kernel.py: what a shard of 2M+ parameters runs) and the eager
 one (torch operations block by block: smaller shards, and machines without a C++ compiler).
 
 Each call is timed twice: the calling thread's CPU time (what the kernel costs: one torch thread,
@@ -56,13 +56,33 @@ QUEUED_EAGER = "the same, 4 pushes queued and applied together, per push"
 
 
 NOTES = """What the rows say. A push is a validation pass (one read of the gradient: its sum, which
-is finite only if every element is; `gradient_finite`) and then the update. On a shard of 4M+
+is finite only if every element is; `gradient_finite`) and then the update. On a shard of 2M+
 parameters the update is one loop that torch.compile builds (core/push_kernel.py): Nesterov with
-weight decay and the Polyak lerp together, in 16 MiB blocks (a call costs about 50 us). Below
-that size, and with `kernel='fused'`, it is torch's fused SGD kernel and then the lerp, in 4 MiB
-blocks, the lerp finding the block's new weights in cache. A push with a NaN or Inf must leave
-the state unchanged, so the whole gradient is checked before any of it is applied. Checking each
-block just before applying it (the "not exact" row) could not undo the blocks already applied.
+weight decay and the Polyak lerp together, over two halves of the shard side by side, in blocks
+of 16-32 MiB of each array (a call costs about 50 us), and the check is a compiled sum that reads
+eight regions side by side. Below that size, and with `kernel='fused'`, it is torch's fused SGD
+kernel and then the lerp, in 4 MiB blocks, the lerp finding the block's new weights in cache,
+and the check torch's sum. A push with a NaN or Inf must leave the state unchanged, so the whole
+gradient is checked before any of it is applied. Checking each block just before applying it
+(the "not exact" row) could not undo the blocks already applied. In the group-commit rows each
+queued push has a gradient of its own, as pushes from different workers do.
+
+Session 15 (2026-12-02, the same Xeon VM): SESSION15
+
+Session 14 (2026-12-01, the same VM): the compiled loops are now built with Inductor's C++ wrapper,
+which releases the GIL while the loop runs (core/push_kernel.py, `OPTIONS`); the loop itself is the
+same (4.7 against 4.8 ms for 4M elements in a scratch A/B). This script's run on that code, on a
+quiet machine: 2.54x, just past the target. Other runs of this script that session: 1.99x (the
+code as it was mid-session, identical on this path) and 2.74x (started while the capacity
+benchmark's 20 processes were still exiting: load 17); session 13's: 2.02x, 2.50x and 2.29x. So
+on this VM the push sat at the target, on either side of it from run to run. Why it could not
+move much: a push moves eight array-lengths through memory (the check reads g; the loop reads g,
+w, the momentum and the average and writes back three), a memcpy three (a read, and a write that
+first reads the line); at equal bandwidth that is 2.7x. The memcpy here ran at 22-24 ms in that
+session's runs, against 13-17 ms in session 13's. Scratch, same session: one push's loop alone
+took 2.2x a memcpy, two pushes in one loop 2.5x, four 3.2x (the same gradient each time: read
+from cache after the first). That left dropping a pass (the check, or the average) as the only
+move seen then; session 15 found another: reading more streams at once.
 
 Session 13 (2026-12-01, the 2-core Xeon VM, whose memcpy is 12.8-17.1 ms where the EPYC's was
 6.6-10.8): on this machine the push of torch's kernels took 2.75-3.50x a memcpy in five runs of
@@ -75,7 +95,7 @@ this script, past the 2.5x target the EPYC met (2.39x). With the three changes b
 - The compiled loop: 0.65-0.8x the fused kernel and lerp in scratch runs (25-28 ms against
   35-42 ms for the update alone). The loop moves 7 x 98 MiB, the traffic of three and a half
   memcpys, at about the speed of 2 memcpys. Its numbers are within float32 rounding of torch's
-  kernel, not bit for bit (tests/test_push_kernel.py), so shards below 4M parameters keep the
+  kernel, not bit for bit (tests/test_push_kernel.py), so shards below 2M parameters keep the
   exact kernel. Blocks of 256K, 1M and 4M, and one call: 4M fastest (the call overhead).
 - Group commit (`ShardState.push`): pushes that queue behind a busy shard are applied in one pass,
   each block read once for all of them; the rows give the cost per push when 2 and 4 are applied
@@ -123,7 +143,7 @@ the shard. It reads the six arrays once and writes four, so the push costs about
 push does (which reads four and writes three). Its price, and why the eager kernel stays: a C++
 compiler at run time, one compilation per process (the "first push" figure; torch caches it on
 disk for the next process), and numbers within float32 rounding of the eager kernel rather than
-bit for bit (tests/test_dc_kernel.py). The shard takes it (`--dc-kernel auto`) for shards of 4M+
+bit for bit (tests/test_dc_kernel.py). The shard takes it (`--dc-kernel auto`) for shards of 2M+
 parameters where it builds; the eager blocks serve smaller shards and machines without a
 compiler.
 

@@ -105,7 +105,7 @@ class TrainConfig:
     dc_kernel: str = _f("auto", "dc_asgd: compiled (the whole push as one torch.compile'd loop, "
                                 "about the plain push's time; needs a C++ compiler, compiles "
                                 "once per shard process), eager (torch operations, ~3x), or auto "
-                                "(compiled for shards of 4M+ parameters where it builds)")
+                                "(compiled for shards of 2M+ parameters where it builds)")
     # --- controlled staleness: injected delays (real runs and the simulator) ---------------------
     delay: str = _f("none", "extra delay per worker step: none, constant, uniform (on [0, 2 * "
                             "mean]) or exponential")

@@ -216,6 +216,38 @@ def test_shards_split_the_work_and_shards_needed_finds_the_knee():
     assert shards_needed(8, t, lambda s: 1.0, most=4) is None
 
 
+@pytest.mark.parametrize("workers", [2, 4, 10])
+def test_group_commit_convoys_into_groups_of_one_and_k_minus_one(workers):
+    """K workers that push, wait for their push and push again at once (inflight 0, no compute),
+    against one shard that applies whatever queued in a + b k s: a push finds the shard idle and
+    goes alone while the K - 1 others queue; they go together while it comes back alone. K
+    pushes per a + b + a + b (K - 1) s, and (K - 1) / K of them applied together (the capacity
+    benchmark's S=1, K=4 cell: groups of 1 and 3 in turn, 74% together)."""
+    a, b = 0.010, 0.002
+    p = simulate_scaling(workers, 1, 1e-9, lambda k: a + b * k, inflight=0, steps=4000)
+    assert p.updates_per_s == pytest.approx(workers / (2 * a + b * workers), rel=0.01)
+    # (with 2 workers the "group" of K - 1 is one push: nothing goes together)
+    assert p.grouped == pytest.approx((workers - 1) / workers if workers > 2 else 0.0, abs=0.01)
+    assert p.utilization == pytest.approx(1.0, abs=0.01)
+
+
+def test_group_commit_that_saves_nothing_is_one_push_at_a_time():
+    """Applying k pushes together in k times one push's time gives the FIFO ceiling, 1 / c; what
+    a pass shared by a group saves is what raises it: up to k / shard_time(k) for groups of k."""
+    t, c = 0.05, 0.005
+    fifo = simulate_scaling(40, 1, t, c, jitter=0.1)
+    same = simulate_scaling(40, 1, t, lambda k: k * c, jitter=0.1)
+    assert fifo.updates_per_s == pytest.approx(1 / c, rel=0.01) and fifo.grouped == 0.0
+    # (a group's pushes are counted when it ends: a group at the window's edge moves it by 1%)
+    assert same.updates_per_s == pytest.approx(1 / c, rel=0.02) and same.grouped > 0.9
+    # 0.6 c a pass + 0.4 c a push: 1 / c alone, 2.5 / c at most in large groups
+    cheaper = simulate_scaling(40, 1, t, lambda k: c * (0.6 + 0.4 * k), jitter=0.1)
+    assert 2.0 / c < cheaper.updates_per_s <= 2.5 / c
+    # it needs fewer shards for the same share of the workers' rate
+    of, grouped_of = (lambda s: c * 8 / s), (lambda s: lambda k: c * 8 / s * (0.6 + 0.4 * k))
+    assert shards_needed(40, t, grouped_of, jitter=0.1) < shards_needed(40, t, of, jitter=0.1)
+
+
 # ---- the benchmarks' smoke runs ----------------------------------------------------------------
 def run(script, *args):
     p = subprocess.run([sys.executable, str(BENCH / script), "--smoke", *args], capture_output=True,
@@ -268,15 +300,23 @@ def test_scaling_benchmark_smoke_prints_the_curve_and_the_shards_needed(tmp_path
     figure = tmp_path / "scaling.png"
     out = run("bench_scaling.py", "--plot", str(figure))
     assert figure.stat().st_size > 1000
-    costs = re.findall(r"^\| (\d+) \| [\d,]+ \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| (\d+) \|$", out, re.M)
+    costs = re.findall(r"^\| (\d+) \| [\d,]+ \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| "
+                       r"([\d.]+) \| (\d+) \| (\d+) \|$", out, re.M)
     assert [int(s) for s, *_ in costs][:2] == [1, 4]
-    for _, push, copy, shard_time, saturates in costs:
-        assert float(shard_time) == pytest.approx(float(push) + 2 * float(copy), abs=0.011)
-        st = float(shard_time)  # printed to 0.01 ms
-        assert 1e3 / (st + 0.005) - 1 <= int(saturates) <= 1e3 / (st - 0.005) + 1
+    for _, push, four, copy, alone, four_time, sat_alone, sat_four in costs:
+        # alone: one push + 2 copies (its gradient in, the weights out); 4 together, per push:
+        # a quarter of the group's push and of its 5 copies (4 gradients in, one weights out)
+        assert float(alone) == pytest.approx(float(push) + 2 * float(copy), abs=0.011)
+        assert float(four_time) == pytest.approx(float(four) + 5 / 4 * float(copy), abs=0.011)
+        for st, saturates in ((float(alone), sat_alone), (float(four_time), sat_four)):
+            assert 1e3 / (st + 0.005) - 1 <= int(saturates) <= 1e3 / (st - 0.005) + 1  # (0.01 ms)
     curve = re.findall(r"^\| (\d+) \| (\d+) \| (\d+) \((\d+)%\) \| (\d+) \((\d+)%\) \|$", out, re.M)
     assert [int(k) for k, *_ in curve] == [1, 4, 16]
     for k, ideal, x1, e1, x4, e4 in curve:  # updates/s never above the workers' own rate
         assert 0 < int(x1) <= int(ideal) * 1.02 and 0 < int(x4) <= int(ideal) * 1.02
     needed = dict(re.findall(r"\*\*(16|64) GPUs: (\d+) shards\*\*", out))
     assert set(needed) == {"16", "64"} and 1 <= int(needed["16"]) <= int(needed["64"])
+    fifo = re.search(r"one push at a time \(no group commit\): 16 GPUs (\d+), 64 GPUs (\d+) shards", out)
+    assert fifo and int(fifo[1]) >= int(needed["16"]) and int(fifo[2]) >= int(needed["64"])
+    grouped = re.findall(r"^\| (\d+) \| (\d+)% \| (\d+)% \|$", out, re.M)
+    assert [int(k) for k, *_ in grouped] == [1, 4, 16] and grouped[0][1:] == ("0", "0")

@@ -36,7 +36,7 @@ QUEUED = [(1, 0), (2, 1), (0, 1), (3, 0), (1, 1), (2, 1), (3, 1)]
 QUEUED_SYNC = [(1, 0), (2, 0), (0, 1), (3, 0), (1, 1), (2, 1), (3, 1)]
 POLICIES = {
     "async": Async,
-    "async, compiled loop": Async,  # push_kernel.py, as a shard of 4M+ parameters runs it
+    "async, compiled loop": Async,  # push_kernel.py, as a shard of 2M+ parameters runs it
     "staleness-aware lr": StalenessAwareLR,
     "drop stale > 2": lambda: DropStale(2),
     "dc-asgd-a": lambda: DelayCompensated(kernel="eager"),
