@@ -67,7 +67,21 @@ gradient is checked before any of it is applied. Checking each block just before
 (the "not exact" row) could not undo the blocks already applied. In the group-commit rows each
 queued push has a gradient of its own, as pushes from different workers do.
 
-Session 15 (2026-12-02, the same Xeon VM): SESSION15
+Session 15 (2026-12-02, the same Xeon VM): the push reads memory from more places at
+once. One core's bandwidth here is set by how many cache misses it has in flight, so a loop over
+more arrays streams faster: the compiled loop now walks two halves of the shard side by side (14
+streams: 4 arrays read and 3 written in each half) and the check sums eight regions side by side
+(core/push_kernel.py, `LANES`, `CHECK_LANES`). In one process, interleaved, medians of 15
+rounds: the loop 30.0 ms against 35.1 in one region (4 regions: 29.0), the check 7.3 ms
+against 9.2 for torch's sum (2 regions 9.1, 4 regions 7.8). Regions and blocks start 64 bytes
+apart, so no push compiles a variant the shard's warm-up did not. This script on that code:
+2.27x, 2.25x and 1.99x in three runs (the table above is a fourth), where the code before took
+2.81x earlier the same morning (session 14: 1.99-2.74x). The group-commit rows used to push the
+same gradient array k times, which a group reads from cache after the first: each queued push
+now has a gradient of its own, and 4 together cost 0.52-0.57x a push alone each, where the
+shared array showed 0.39-0.41x. And shards of 2M to 4M parameters now take the compiled loop too
+(`MIN_SIZE`; measured per push against torch's kernel and lerp: 0.88x alone, 0.64x in groups of
+4 at 2M; at 1M 1.06x alone, so smaller shards stay eager).
 
 Session 14 (2026-12-01, the same VM): the compiled loops are now built with Inductor's C++ wrapper,
 which releases the GIL while the loop runs (core/push_kernel.py, `OPTIONS`); the loop itself is the

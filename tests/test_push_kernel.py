@@ -114,6 +114,8 @@ def test_the_compiled_push_releases_the_gil_while_it_runs():
 def test_warm_compiles_every_group_size_so_no_push_compiles_later():
     from torch._dynamo.utils import counters
 
+    import unittest.mock
+
     assert push_kernel.warm(nesterov=True, averaged=True)
     graphs = counters["stats"]["unique_graphs"]
     for k in range(1, push_kernel.GROUP + 1):
@@ -121,6 +123,17 @@ def test_warm_compiles_every_group_size_so_no_push_compiles_later():
         push_kernel.push(w, buf, avg, gs, hs, nesterov=True)
         assert float(w[0]) != 0.0 and float(w[-1]) == float(w[0])  # the left-over element too
         assert push_kernel.total(gs[0]) == pytest.approx(1e-3 * ((1 << 20) + 3), rel=1e-4)
+    # A real shard's geometry: several blocks per region (blocks made small here), groups larger
+    # than GROUP (calls of 4 and the rest), an unaligned gradient: all served by what warm built.
+    # (Views of the arrays at their offsets made a variant per pattern of offsets, and a Ray
+    # shard ran out of them at K=16.)
+    with unittest.mock.patch.object(push_kernel, "BLOCK", 640):
+        for k in (1, 3, 5, 9):
+            w, buf, avg, gs, hs = constant_push(2 * 2096 + 9, k)
+            raw = torch.full((gs[0].shape[0] + 1,), 1e-3)
+            gs[0] = raw[1:]  # 4 bytes past an aligned start
+            push_kernel.push(w, buf, avg, gs, hs, nesterov=True)
+            assert float(w[0]) != 0.0 and float(w[-1]) == float(w[0]) == float(w[2096])
     assert counters["stats"]["unique_graphs"] == graphs  # nothing new was compiled
 
 

@@ -130,36 +130,60 @@ def test_a_restarted_shard_learns_which_workers_finished_since_its_checkpoint(
     assert (answer is not None) == tell_finished
 
 
-def test_pushes_that_queue_behind_a_busy_ray_shard_are_applied_together_exactly(ray_local):
-    """Group commit through a real threaded actor: five pushes sent while the shard's lock is
-    held (from inside the actor, as a long update would) are applied in one pass, and the shard
-    ends bit for bit where the same pushes applied one by one, in the order of their versions,
-    leave a ShardState."""
+COMPILED_SHARD = 1 << 21  # push_kernel.MIN_SIZE: the compiled loop's smallest shard (checked below)
+
+
+@pytest.mark.parametrize("n,pushes", [
+    (300_000, 5),
+    pytest.param(COMPILED_SHARD + 1000, 9, marks=pytest.mark.slow),  # compiles in two processes
+])
+def test_pushes_that_queue_behind_a_busy_ray_shard_are_applied_together_exactly(ray_local, n, pushes):
+    """Group commit through a real threaded actor: pushes sent while the shard's lock is held
+    (from inside the actor, as a long update would) are applied in one pass, and the shard ends
+    bit for bit where the same pushes applied one by one, in the order of their versions, leave
+    a ShardState. On a shard large enough for the compiled loop, 9 pushes run as calls of 4, 4
+    and 1, and nothing compiles that the shard's warm-up did not (a Ray shard at K=16 once ran
+    past torch.compile's variants and failed its pushes)."""
     import time
 
-    from ps_trainer.core import ShardState
+    from ps_trainer.core import ShardState, push_kernel
 
+    assert push_kernel.MIN_SIZE == COMPILED_SHARD
     ray = ray_local
-    n = 300_000
-    shard = make(ray, n=n, concurrency=8)  # a thread for the hold, one for each push, one spare
+    shard = make(ray, n=n, concurrency=pushes + 3)  # a thread for the hold, one a push, spares
 
-    def hold(self, seconds):
+    def graphs(self):  # wait for the warm-up, then count what this process compiled
+        from torch._dynamo.utils import counters
+        if self.warming is not None:
+            self.warming.join()
+        return counters["stats"]["unique_graphs"]
+
+    compiled_before = ray.get(shard.__ray_call__.remote(graphs))
+    assert (compiled_before > 0) == (n >= COMPILED_SHARD), f"the shard compiled {compiled_before}"
+    if n >= COMPILED_SHARD:  # the replay below must run the same loop, in this process
+        assert push_kernel.compiled(True, True) is not None, "the push loop does not build here"
+
+    def hold(self, count, seconds):  # until `count` pushes queue (or `seconds` pass)
         with self.state.lock:
-            time.sleep(seconds)
+            end = time.monotonic() + seconds
+            while len(self.state._queue) < count and time.monotonic() < end:
+                time.sleep(0.01)
 
-    held = shard.__ray_call__.remote(hold, 2.0)
+    held = shard.__ray_call__.remote(hold, pushes, 30.0)
     while not ray.get(shard.__ray_call__.remote(lambda self: self.state.lock.locked())):
         time.sleep(0.01)
     rng = np.random.default_rng(0)
-    grads = [rng.standard_normal(n, dtype=np.float32) for _ in range(5)]
+    grads = [rng.standard_normal(n, dtype=np.float32) for _ in range(pushes)]
     results = RayClient([shard]).results(
         [shard.push.remote(Push(g, 0, w, np.full(4, float(w), np.float32), 0))
          for w, g in enumerate(grads)])
     ray.get(held)
-    assert sorted(r.version for r in results) == [1, 2, 3, 4, 5]
-    assert sorted(r.staleness for r in results) == [0, 1, 2, 3, 4]
+    assert [r.outcome for r in results] == ["applied"] * pushes, results
+    assert sorted(r.version for r in results) == list(range(1, pushes + 1))
+    assert sorted(r.staleness for r in results) == list(range(pushes))
     stats = ray.get(shard.stats.remote())
-    assert stats["batched"] == 5 and stats["counters"] == {"applied": 5}
+    assert stats["batched"] == pushes and stats["counters"] == {"applied": pushes}, stats
+    assert ray.get(shard.__ray_call__.remote(graphs)) == compiled_before
     replay = ShardState(0, np.zeros(n, np.float32), np.ones(4, np.float32),
                         optimizer=NesterovMomentum(0.9, 0.0), schedule=LRSchedule(0.1),
                         policy=Async(), averager=PolyakAverage(0.5))
@@ -170,5 +194,5 @@ def test_pushes_that_queue_behind_a_busy_ray_shard_are_applied_together_exactly(
     for k in ("params", "momentum", "average"):
         np.testing.assert_array_equal(sd[k], replay.state_dict()[k], err_msg=k)
     (w, version), = RayClient([shard]).pull()
-    assert version == 5
+    assert version == pushes
     np.testing.assert_array_equal(w[:n], replay.params)

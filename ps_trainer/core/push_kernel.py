@@ -129,9 +129,18 @@ OPTIONS = {"cpp_wrapper": True}
 _building = threading.Lock()  # one build, whichever thread asks first (`warm` runs in a thread)
 
 
+def region(t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Elements [lo, hi) of `t` as a tensor of its own (the same memory, storage offset 0). The
+    compiled code guards on its inputs' storage offsets (0 or not; equal to a size or not), so
+    views of the shard at their offsets would compile a variant for each pattern of blocks,
+    past torch.compile's 8 per function; a tensor made from the numpy view has none."""
+    return torch.from_numpy(t.numpy()[lo:hi])
+
+
 def cut(lo: int, hi: int, w, buf, avg, gs: list) -> tuple:
     """Elements [lo, hi) of every array of a push: one region for `plain_push`."""
-    return w[lo:hi], buf[lo:hi], None if avg is None else avg[lo:hi], [g[lo:hi] for g in gs]
+    return (region(w, lo, hi), region(buf, lo, hi), None if avg is None else region(avg, lo, hi),
+            [region(g, lo, hi) for g in gs])
 
 
 def compiled(nesterov: bool = True, averaged: bool = True):
@@ -182,7 +191,7 @@ def _summed():
     try:
         kernel = torch.compile(lanes_sum, dynamic=True, fullgraph=True, options=OPTIONS)
         x = torch.rand(CHECK_LANES * SUM_SMALLEST, generator=torch.Generator().manual_seed(0))
-        parts = x.split(SUM_SMALLEST)  # as `total` cuts its regions
+        parts = [region(x, j * SUM_SMALLEST, (j + 1) * SUM_SMALLEST) for j in range(CHECK_LANES)]
         if not torch.allclose(kernel(*parts), x.sum(), rtol=1e-5):
             return None
         x[3 * SUM_SMALLEST + 5] = float("nan")
@@ -199,7 +208,7 @@ def total(t: torch.Tensor) -> float:
     kernel, lane = summed(), lane_size(t.shape[0], CHECK_LANES)
     if kernel is None or lane < SUM_SMALLEST:
         return float(t.sum())
-    head = float(kernel(*t[:CHECK_LANES * lane].split(lane)))
+    head = float(kernel(*(region(t, j * lane, (j + 1) * lane) for j in range(CHECK_LANES))))
     return head + float(t[CHECK_LANES * lane:].sum())
 
 
@@ -218,7 +227,7 @@ def push(w, buf, avg, gs: list, hs: torch.Tensor, *, nesterov: bool) -> None:
     for lo, hi in zip(edges, edges[1:] if lane else []):  # (no small block to specialize on)
         for i in range(0, len(gs), GROUP):
             kernel([cut(j * lane + lo, j * lane + hi, w, buf, avg, gs[i:i + GROUP])
-                    for j in range(LANES)], hs[i:i + GROUP], nesterov)
+                    for j in range(LANES)], hs[i:i + GROUP].clone(), nesterov)  # (offset 0)
     if LANES * lane < n:
         plain_push([cut(LANES * lane, n, w, buf, avg, gs)], hs, nesterov)
 
