@@ -73,12 +73,15 @@ more arrays streams faster: the compiled loop now walks two halves of the shard 
 streams: 4 arrays read and 3 written in each half) and the check sums eight regions side by side
 (core/push_kernel.py, `LANES`, `CHECK_LANES`). In one process, interleaved, medians of 15
 rounds: the loop 30.0 ms against 35.1 in one region (4 regions: 29.0), the check 7.3 ms
-against 9.2 for torch's sum (2 regions 9.1, 4 regions 7.8). Regions and blocks start 64 bytes
-apart, so no push compiles a variant the shard's warm-up did not. This script on that code:
-2.27x, 2.25x and 1.99x in three runs (the table above is a fourth), where the code before took
-2.81x earlier the same morning (session 14: 1.99-2.74x). The group-commit rows used to push the
+against 9.2 for torch's sum (2 regions 9.1, 4 regions 7.8). Each region reaches the compiled
+code as a tensor of its own (storage offset 0, 64-byte aligned from the array's start), so no
+push compiles a variant the shard's warm-up did not: views at their offsets compiled one per
+pattern of blocks, and a Ray shard ran past torch.compile's 8 (the capacity benchmark at K=16).
+This script with the regions as views: 2.27x, 2.25x, 1.99x and 2.31x in four runs; the table
+above is the final code's run. The code before took 2.81x earlier the same morning (session 14:
+1.99-2.74x). The group-commit rows used to push the
 same gradient array k times, which a group reads from cache after the first: each queued push
-now has a gradient of its own, and 4 together cost 0.52-0.57x a push alone each, where the
+now has a gradient of its own, and 4 together cost 0.52-0.63x a push alone each (five runs), where the
 shared array showed 0.39-0.41x. And shards of 2M to 4M parameters now take the compiled loop too
 (`MIN_SIZE`; measured per push against torch's kernel and lerp: 0.88x alone, 0.64x in groups of
 4 at 2M; at 1M 1.06x alone, so smaller shards stay eager).
