@@ -38,8 +38,8 @@ import types
 
 import torch
 
-__all__ = ["ALIGN", "BLOCK", "CHECK_LANES", "GROUP", "LANES", "MIN_SIZE", "OPTIONS", "compiled", "numbers",
-           "lane_size", "plain_push", "push", "step", "total", "warm"]
+__all__ = ["ALIGN", "BLOCK", "CHECK_LANES", "GROUP", "LANES", "MIN_SIZE", "OPTIONS", "compiled",
+           "lane_size", "numbers", "plain_push", "push", "region", "step", "summed", "total", "warm"]
 
 # Parameters: a smaller shard's push stays eager under kernel="auto". Per push, compiled against
 # torch's fused kernel + lerp (check included, caches cold, medians of 9; Xeon VM, session 15):
@@ -53,8 +53,9 @@ MIN_SIZE = 1 << 21
 GROUP = 4
 
 # Elements per region and call (16 MiB of each array): a call of the compiled function costs
-# about 50 us here, so the shard's 1M blocks paid 1.3 ms a push in calls; 4M blocks were fastest (25-27 ms
-# for 25.6M parameters, against 28-38 ms in 1M and 26-34 ms in one call; scratch runs, Xeon VM).
+# about 50 us here, so the shard's 1M blocks paid 1.3 ms a push in calls; 4M blocks were fastest
+# (25-27 ms for 25.6M parameters, against 28-38 ms in 1M and 26-34 ms in one call; scratch runs,
+# Xeon VM, session 13, one region).
 BLOCK = 1 << 22
 
 # Regions of the shard one loop updates side by side: element x of the first half and element x
@@ -69,9 +70,8 @@ LANES = 2
 # 9.1, 4 at 7.8 and 8 at 7.3 (the same runs).
 CHECK_LANES = 8
 
-# Regions and blocks start at multiples of this many elements (64 bytes) from the array's start:
-# the compiled code is specialized on whether its pointers are 16-byte aligned, so an unaligned
-# region would compile a variant of its own, at a push, past what `warm` built.
+# Regions and blocks start at multiples of this many elements (64 bytes, a cache line) from the
+# array's start: an aligned array gives aligned regions, whose vector loads never straddle a line.
 ALIGN = 16
 SMALLEST = 64  # elements per region at least; smaller arrays run `plain_push` eagerly
 # The compiled sum's regions at least: Inductor builds a sum of more than 4096 elements another way
