@@ -35,11 +35,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DOC, machine, write_section  # noqa: E402
+from common import DOC, group_push, machine, write_section  # noqa: E402
 
 from ps_trainer.core import LRSchedule, NesterovMomentum, PolyakAverage, ShardState  # noqa: E402
 from ps_trainer.core.push_kernel import GROUP  # noqa: E402
-from ps_trainer.core.shard import _Queued  # noqa: E402
 from ps_trainer.harness.scaling import shards_needed, simulate_scaling  # noqa: E402
 
 SECTION = "Scaling curve: K workers against S shards (model fed by measured costs)"
@@ -101,13 +100,7 @@ def measure_costs(params: int, shard_counts: list[int], rounds: int) -> dict[int
                             averager=PolyakAverage(0.999)) for s, n in sizes.items()}
 
     def together(shard, n, k):
-        def run():
-            for g in grads[1:k]:
-                assert not shard._check(g[:n], None, None)
-            with shard._queue_lock:
-                shard._queue += [_Queued(g[:n], shard.version, 0, None, "") for g in grads[1:k]]
-            assert shard.push(grads[0][:n], shard.version).outcome == "applied"
-        return run
+        return lambda: group_push(shard, grads[0][:n], [g[:n] for g in grads[1:k]])
 
     push_t = {(s, k): [] for s in sizes for k in range(1, GROUP + 1)}
     copy_t = {s: [] for s in sizes}

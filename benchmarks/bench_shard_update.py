@@ -34,13 +34,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, write_section  # noqa: E402
+from common import group_push, machine, write_section  # noqa: E402
 
 from ps_trainer.core import (DelayCompensated, LRSchedule, NesterovMomentum, PolyakAverage,  # noqa: E402
                              ShardState)
 from ps_trainer.core import dc_kernel  # noqa: E402
 from ps_trainer.core.optim import fused_sgd_works  # noqa: E402
-from ps_trainer.core.shard import _Queued  # noqa: E402
 
 SECTION = "Shard update (Nesterov + weight decay + Polyak)"
 MEMCPY = "memcpy (torch copy_)"
@@ -293,16 +292,8 @@ def main() -> None:
         o.flags.writeable = False
 
     def queued(s, k):
-        """k pushes that queued while the shard was busy, as the next one to take the lock applies
-        them (`ShardState.push`): each checked (in its own thread, before the lock: here in
-        turn), then all decided and applied in one blocked pass. Timed in full, reported per push."""
-        def run():
-            for o in others[:k - 1]:
-                assert not s._check(o, None, None)
-            with s._queue_lock:
-                s._queue += [_Queued(o, s.version, 0, None, "") for o in others[:k - 1]]
-            assert s.push(grad, s.version, worker=0).outcome == "applied"
-        return run
+        """k pushes applied together (`group_push`), timed in full, reported per push."""
+        return lambda: group_push(s, grad, others[:k - 1])
 
     eager = make("fused")
 

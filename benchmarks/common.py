@@ -13,6 +13,19 @@ from pathlib import Path
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
+def group_push(shard, grad, others) -> None:
+    """One push of `grad` that finds `others` (gradients of other pushes) queued behind the busy
+    shard, as `ShardState.push` meets them: each checked (in its own thread, before the lock:
+    here in turn), then all decided and applied in one pass (group commit)."""
+    from ps_trainer.core.shard import _Queued
+
+    for o in others:
+        assert not shard._check(o, None, None)
+    with shard._queue_lock:
+        shard._queue += [_Queued(o, shard.version, 0, None, "") for o in others]
+    assert shard.push(grad, shard.version, worker=0).outcome == "applied"
+
+
 def median_time(fn, repeats: int = 7, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()
