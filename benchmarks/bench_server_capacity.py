@@ -11,7 +11,11 @@ BatchNorm statistics to every shard, each push answered with the shard's weights
 (`RayClient.exchange`, the Worker's default; the first weights come from one `RayClient.pull`),
 and fetch those. An *update* is one worker's push to every shard; it moves one gradient in and
 one weight copy out.
-Every actor asks for num_cpus=0, so nothing waits for a CPU slot; they share the cores.
+Every actor asks for num_cpus=0, so nothing waits for a CPU slot; they share the cores. A shard
+(and a (c) sink) runs on --shard-threads torch threads: 2 by default, what `ps-train` gives a GPU
+run's shards (`SHARD_THREADS`; these workers stand in for GPU workers), and the store's own puts,
+on every path, copy on several threads too (Ray's parallel memcpy: a 102 MB `ray.put` took 12.3 ms
+here, a one-thread copy 18.7).
 
 (a) Raw object store, the same bytes with no update math: the same K workers and loop, against S
 `Sink` actors that do nothing. Per shard and update: the worker passes its gradient slice as an
@@ -21,6 +25,13 @@ its weight slice `ray.put` (one copy, as a shard puts its snapshot) by reference
 same puts and gets, same landing; what ps-trainer adds is the shard's work (validation, Nesterov,
 Polyak, the snapshot's concatenation under the lock). Every pull puts a fresh copy here, where a
 shard puts one per new version: with several workers (a) puts at least as often.
+
+(c) The store plus the update, done the plainest way: (a)'s sinks, each of which also applies every
+push it gets to arrays of its own, as a server must, and answers with the weights after it: under
+one lock, torch's fused SGD (Nesterov momentum 0.9, weight decay 5e-4) and the Polyak lerp over
+the whole shard, then the `ray.put`; no check, no versions, no group commit, on the shards'
+threads. (c) / (a) is what the arithmetic of this update leaves of the store's rate at each K, for
+any server that applies it; ps-trainer / (c) is what ps-trainer's server adds or saves beyond it.
 
 (b) The Ray docs' parameter server, asynchronous (`ray_docs_ps.py`, a faithful copy of
 https://docs.ray.io/en/latest/ray-core/examples/plot_parameter_server.html): one ParameterServer
@@ -68,9 +79,10 @@ from common import machine, write_section  # noqa: E402
 from ps_trainer.core import LRSchedule, NesterovMomentum, PolyakAverage  # noqa: E402
 from ps_trainer.core.layout import ParamLayout  # noqa: E402
 from ps_trainer.core.policy import Async  # noqa: E402
+from ps_trainer.trainer.cluster import SHARD_THREADS  # noqa: E402
 
 SECTION = "Server capacity (issue 15)"
-OURS, STORE, DOCS = "ps-trainer", "(a) object store", "(b) Ray docs PS"
+OURS, STORE, DOCS, BARE = "ps-trainer", "(a) object store", "(b) Ray docs PS", "(c) store + update"
 GRAD = 1e-4  # every gradient element: small, so the weights stay finite however long it runs
 
 
@@ -201,6 +213,29 @@ class Sink:
         return self.pull()
 
 
+class UpdateSink(Sink):
+    """(c)'s shard: a `Sink` that applies each push before it answers, the plainest way (two
+    passes of torch's kernels over the whole shard, one push at a time), as any server must."""
+
+    def __init__(self, size: int, params: int, threads: int):
+        import threading
+
+        torch.set_num_threads(threads)
+        super().__init__(size)
+        self.params = params
+        self.w = torch.from_numpy(self.weights)[:params]  # the weights `pull` puts, updated here
+        self.buf, self.avg = torch.zeros(params), self.w.clone()
+        self.rule = NesterovMomentum(0.9, 5e-4, kernel="fused")
+        self.lock = threading.Lock()
+
+    def exchange(self, grad: np.ndarray, bn: np.ndarray) -> list:
+        with self.lock:
+            self.rule.step(self.w, self.buf, torch.from_numpy(grad), 0.05)
+            self.avg.lerp_(self.w, 0.01)
+            self.weights[self.params:] = bn
+            return self.pull()
+
+
 def span_rate(times: list[list[float]]) -> float:
     """Updates/s of all workers together over the span where each one is past its first update
     and not yet at its last: each worker's progress interpolated between its completions."""
@@ -299,8 +334,9 @@ def main() -> None:
     ap.add_argument("--docs-workers", type=int, nargs="+", default=[1, 4],
                     help="K for (b) (default 1 4: each DataWorker holds a whole ResNet-50)")
     ap.add_argument("--models", nargs="+", default=["resnet50", "inception_v3"])
-    ap.add_argument("--shard-threads", type=int, default=1,
-                    help="torch threads in each shard (default 1; ps-train gives a shard the CPUs it asks for)")
+    ap.add_argument("--shard-threads", type=int, default=SHARD_THREADS,
+                    help=f"torch threads in each shard and (c) sink (default {SHARD_THREADS}: what ps-train "
+                         f"gives a GPU run's shards)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds; implies --no-write")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     a = ap.parse_args()
@@ -348,7 +384,10 @@ def main() -> None:
                 **shard_options(a.shard_threads)) for s in specs]
             sinks = [ray.remote(Sink).options(num_cpus=0, max_concurrency=conc).remote(
                 s.num_params + s.num_buffers) for s in specs]
-            cells = [(OURS, k) for k in a.workers] + [(STORE, k) for k in a.workers]
+            bare = [ray.remote(UpdateSink).options(num_cpus=0, max_concurrency=conc).remote(
+                s.num_params + s.num_buffers, s.num_params, a.shard_threads) for s in specs]
+            on = {OURS: shards, STORE: sinks, BARE: bare}
+            cells = [(p, k) for p in (OURS, STORE, BARE) for k in a.workers]
             docs = []
             if S == min(a.shards) and model == a.models[0]:  # (b): one server, the first model
                 spec = "resnet50" if not a.smoke else layout.num_params
@@ -357,12 +396,12 @@ def main() -> None:
                 cells += [(DOCS, k) for k in a.docs_workers]
             ray.get(prepared)  # (the actors above started meanwhile)
             procs.setdefault("workers", [pid_of(w) for w in workers])
-            servers = {OURS: [pid_of(h) for h in shards], STORE: [pid_of(h) for h in sinks],
-                       DOCS: [pid_of(h) for h in docs[:1]]}
+            servers = {p: [pid_of(h) for h in hs] for p, hs in on.items()}
+            servers[DOCS] = [pid_of(h) for h in docs[:1]]
             docs_pids = [pid_of(h) for h in docs[1:]]
             # Warm-up, not counted: every new process maps the object store (`touch_store`; the
             # workers and the driver once), then the shards' first updates fault in their state.
-            fresh = shards + sinks + docs + ([] if touched else workers)
+            fresh = shards + sinks + bare + docs + ([] if touched else workers)
             ray.get([h.__ray_call__.remote(lambda self, n: touch_store(n), store) for h in fresh])
             if not touched:
                 touch_store(store)
@@ -371,8 +410,8 @@ def main() -> None:
             # let it finish, as the workers' model building lets it in a run.
             ray.get([h.__ray_call__.remote(lambda self: self.warming and self.warming.join())
                      for h in shards])
-            for path in (OURS, STORE):
-                run_cell(path, shards if path == OURS else sinks, specs, workers[:max(a.workers)],
+            for path, servers_ in on.items():
+                run_cell(path, servers_, specs, workers[:max(a.workers)],
                          argparse.Namespace(seconds=0.0, min_updates=1), [], [], [])
             if docs:
                 ray_docs_ps.run_async(docs[0], docs[1:], 0.0, len(docs) - 1)
@@ -386,9 +425,8 @@ def main() -> None:
                     if path == DOCS:
                         updates, counted = run_docs(docs, K, a, rates[key])
                     else:
-                        updates, counted = run_cell(path, shards if path == OURS else sinks, specs,
-                                                    workers[:K], a, rates[key], phases[key],
-                                                    batched[key])
+                        updates, counted = run_cell(path, on[path], specs, workers[:K], a,
+                                                    rates[key], phases[key], batched[key])
                     cpu[key].append({g: (cpu_seconds(p) - before[g]) / updates
                                      for g, p in groups.items()})
                     if path == OURS:
@@ -399,7 +437,7 @@ def main() -> None:
                           f"{', '.join(map(str, counted)) if counted else '-'}"
                           f"{f'; {batched[key][-1]} applied together' if path == OURS else ''})",
                           flush=True)
-            for h in shards + sinks + docs:
+            for h in shards + sinks + bare + docs:
                 ray.kill(h)
     ray.shutdown()
     text = report(a, layouts, model_bytes, rates, phases, cpu, checks, batched, store, need, avail,
@@ -420,7 +458,8 @@ def report(a, layouts, model_bytes, rates, phases, cpu, checks, batched, store, 
     lines = [f"Machine: {machine()}, ray {__import__('ray').__version__}, {time.strftime('%Y-%m-%d')}; "
              f"load average (1 min) {loads[0][0]:.2f} before, {loads[1][0]:.2f} after. "
              f"{a.seconds:g} s per cell (at least {a.min_updates} updates per worker), "
-             f"{a.rounds} rounds in rotating order, medians over rounds; every process mapped "
+             f"{a.rounds} rounds in rotating order, medians over rounds; {a.shard_threads} torch "
+             f"thread{'s' if a.shard_threads > 1 else ''} in each shard and (c) sink; every process mapped "
              f"the object store before its first cell (`touch_store`), as a run past its first "
              f"minute has. Object store "
              f"{store / 2**30:.1f} GiB for at most {need / 2**30:.1f} GiB in use at once"
@@ -431,26 +470,32 @@ def report(a, layouts, model_bytes, rates, phases, cpu, checks, batched, store, 
              "An update = one worker's gradient pushed to every shard (and applied) plus one pull of every "
              "shard's weights; MB/s counts both directions (2 x the model's float32 bytes per update). "
              "Pushes applied together: the share of the pushes a shard applied in one pass with others "
-             "that had queued while it was busy (group commit, `ShardState.push`).", "",
-             "| model | S | K | ps-trainer, updates/s | MB/s | (a) object store, updates/s | MB/s | ps-trainer / (a) | pushes applied together |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "that had queued while it was busy (group commit, `ShardState.push`). Ratios: medians "
+             "of the per-round ratios.", "",
+             "| model | S | K | ps-trainer, updates/s | MB/s | (a) object store, updates/s | (c) store + update, updates/s | ps-trainer / (a) | (c) / (a) | ps-trainer / (c) | pushes applied together |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     pushes = defaultdict(int)  # (path, model, S, K) -> pushes the shards received over the rounds
     for key, updates, counted in checks:
         pushes[key] += sum(counted)
     ratios = {}
     vs_best = {}  # ps-trainer's median against (a)'s best round: the store's ceiling, cautiously
+    bare_ratios, vs_bare = {}, {}  # (c) / (a) and ps-trainer / (c), per-round medians
     for model in a.models:
         mb = 2 * model_bytes[model] / 1e6
         for S in a.shards:
             for K in a.workers:
                 ours, store_ = rates[(OURS, model, S, K)], rates[(STORE, model, S, K)]
+                bare = rates[(BARE, model, S, K)]
                 per_round = [x / y for x, y in zip(ours, store_)]
                 ratios[(model, S, K)] = median(per_round)
                 vs_best[(model, S, K)] = median(ours) / max(store_)
+                bare_ratios[(model, S, K)] = median([x / y for x, y in zip(bare, store_)])
+                vs_bare[(model, S, K)] = median([x / y for x, y in zip(ours, bare)])
                 together = sum(batched[(OURS, model, S, K)]) / max(1, pushes[(OURS, model, S, K)])
                 lines.append(f"| {model} | {S} | {K} | {median(ours):.2f} | {mb * median(ours):.0f} | "
-                             f"{median(store_):.2f} | {mb * median(store_):.0f} | "
-                             f"{100 * ratios[(model, S, K)]:.0f}% | {100 * together:.0f}% |")
+                             f"{median(store_):.2f} | {median(bare):.2f} | "
+                             f"{100 * ratios[(model, S, K)]:.0f}% | {100 * bare_ratios[(model, S, K)]:.0f}% | "
+                             f"{100 * vs_bare[(model, S, K)]:.0f}% | {100 * together:.0f}% |")
     docs_model = a.models[0]
     S1 = min(a.shards)
     mb = 2 * model_bytes[docs_model] / 1e6
@@ -481,6 +526,16 @@ def report(a, layouts, model_bytes, rates, phases, cpu, checks, batched, store, 
               + "; ".join(f"K={K} {', '.join(f'{100 * r:.0f}%' for (_, _, k), r in vs_best.items() if k == K)}"
                           for K in a.workers)
               + f"; at least 75% in {sum(r >= 0.75 for r in vs_best.values())} of {len(vs_best)} cells.",
+              f"- **(c), the store plus the plainest update, against (a)** (what the update's "
+              f"arithmetic leaves of the store's rate, for any server that applies it): "
+              + "; ".join(f"K={K} {', '.join(f'{100 * r:.0f}%' for (_, _, k), r in bare_ratios.items() if k == K)}"
+                          for K in a.workers)
+              + f". At least 75% in {sum(r >= 0.75 for r in bare_ratios.values())} of "
+              f"{len(bare_ratios)} cells.",
+              f"- **ps-trainer against (c)**: {100 * median(list(vs_bare.values())):.0f}% at the median "
+              f"cell; by K: "
+              + "; ".join(f"K={K} {', '.join(f'{100 * r:.0f}%' for (_, _, k), r in vs_bare.items() if k == K)}"
+                          for K in a.workers) + ".",
               f"- Accounting: in every cell each shard counted exactly the pushes the workers made "
               f"({sum(u for _, u, _ in checks)} updates in all), every one applied."]
     lines += reading(a, rates, cpu, docs_model, S1, K4)
@@ -529,6 +584,8 @@ def copies_table() -> str:
         "compiled loop, 2.5x a memcpy in all with the validation; pushes queued behind a busy "
         "shard share one pass: group commit) |",
         "| (a) object store | 1: the same put | 1: the sink's `ray.put`, landed the same way | 2 | none |",
+        "| (c) store + update | 1: the same put | 1: the same as (a) | 2 | torch's fused SGD and "
+        "the Polyak lerp over the whole shard (two passes), one push at a time |",
         "| (b) Ray docs | 3: the worker's returned list put into the store, `np.stack`, "
         "`.sum(axis=0)` | 6: a tensor pickles as `torch.save` into a BytesIO, the pickled bytes "
         "are copied into Ray's in-band buffer and that into the store; the worker unpickles them "
@@ -547,7 +604,7 @@ def where_time_goes(a, phases, cpu) -> str:
             f"path can at best reach {os.cpu_count()} x 1000 / total updates/s.", "",
             "| path | S | K | workers | servers | raylet | driver | total | updates/s at that CPU cost |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    keys = [(p, model, s, k) for p in (OURS, STORE) for s in a.shards for k in a.workers]
+    keys = [(p, model, s, k) for p in (OURS, STORE, BARE) for s in a.shards for k in a.workers]
     keys += [(DOCS, model, min(a.shards), k) for k in a.docs_workers]
     for key in keys:
         if not cpu.get(key):
@@ -563,7 +620,7 @@ def where_time_goes(a, phases, cpu) -> str:
                  "the landing in place: parameters re-pointed, cut tensors and BatchNorm statistics copied):", "",
              "| path | S | pull, ms | land, ms | push + result, ms | update, ms |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for path in (OURS, STORE):
+    for path in (OURS, STORE, BARE):
         for s in a.shards:
             ph = phases.get((path, model, s, min(a.workers)))
             if not ph:

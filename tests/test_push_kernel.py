@@ -111,6 +111,50 @@ def test_the_compiled_push_releases_the_gil_while_it_runs():
     assert min(paused) < 0.35, f"the counting thread paused for {paused} of each call"
 
 
+SHARD_PROCESS = """
+import sys, time, torch
+torch.set_num_threads(2)  # as a Ray shard of two CPUs sets it, before it compiles (warm)
+from ps_trainer.core import push_kernel
+assert push_kernel.warm(nesterov=True, averaged=True)
+n = 1 << 23  # 32 MiB arrays: tens of ms a call
+gs = [torch.full((n,), 1e-3), torch.linspace(-1e-3, 1e-3, n)]
+hs = push_kernel.numbers([(g, 0.01, 0.5) for g in gs], 1e-4, 0.9)
+out = {}
+for threads in (2, 1):
+    torch.set_num_threads(threads)
+    arrays = [torch.zeros(n) for _ in range(3)]
+    push_kernel.push(*arrays, gs, hs, nesterov=True)  # (the first call, untimed)
+    p0, t0 = time.process_time(), time.thread_time()
+    for _ in range(5):
+        push_kernel.push(*arrays, gs, hs, nesterov=True)
+    process, thread = time.process_time() - p0, time.thread_time() - t0
+    out[threads] = (arrays, 1 - thread / process)
+same = all(torch.equal(a, b) for a, b in zip(out[1][0], out[2][0]))
+moved = bool((out[2][0][0] != 0).all())
+print(f"RESULT {out[2][1]:.3f} {out[1][1]:.3f} {same} {moved}")
+"""
+
+
+def test_the_compiled_push_runs_on_the_shards_threads_with_the_same_numbers():
+    """A shard given two CPUs (`SHARD_THREADS`: a GPU run's shards) sets two torch threads as it
+    starts and compiles its loop then, on tiny arrays (`warm`). The loop must run on both
+    threads (`OPTIONS`: Inductor otherwise fixed one thread, having seen small sizes, and the
+    loop ran on one whatever the shard had), and give the same numbers as on one, bit for bit:
+    every element is computed alone. Measured in CPU time, not wall time, so a busy host does
+    not change it: the threads other than the caller's did about half the work on two threads.
+    A process of its own, as a shard is: this one compiled its loop on one thread."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", SHARD_PROCESS], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    two, one, same, moved = out.stdout.split("RESULT ")[1].split()
+    assert same == "True" and moved == "True"
+    assert float(two) > 0.3, f"on two threads the other threads did {two} of the work (one: {one})"
+    assert float(one) < 0.1, f"on one thread the other threads did {one} of the work"
+
+
 def test_warm_compiles_every_group_size_so_no_push_compiles_later():
     from torch._dynamo.utils import counters
 

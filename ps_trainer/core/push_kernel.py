@@ -13,7 +13,7 @@ once for all of them, so 4 pushes cost about half of 4 single ones (0.55x each, 
 each push with a gradient of its own), and give the same numbers, bit for bit.
 
 A shard that runs this loop also checks its gradients with a compiled sum (`total`), which reads
-eight regions side by side: 0.8x torch.sum's time.
+eight regions side by side: 0.8x torch.sum's time. Both run on the shard's threads (`OPTIONS`).
 
 It is built with Inductor's C++ wrapper (`OPTIONS`), whose entry point releases the GIL while the
 loop runs, as torch's kernels do: the shard's other threads go on meanwhile. A Ray shard compiles
@@ -124,7 +124,13 @@ def step(w, buf, avg, g, lr, wd, mom, weight, nesterov: bool) -> None:
 # that bring the next pushes (a thread counting in Python stopped while the loop ran; with this
 # option it went on). Same loop, same speed (4.7-4.8 ms for 4M elements both ways); compiling
 # the first variant takes longer (17 s against 4-6 s here, before torch's on-disk cache has it).
-OPTIONS = {"cpp_wrapper": True}
+# And the loop runs on as many threads as the shard's process has (`torch.set_num_threads`, a
+# shard's CPUs), decided when it runs: by default Inductor fixes the count when it compiles and
+# splits a loop only if the sizes it compiles with are large, and ours are tiny (`warm`), so the
+# loop ran on one thread whatever the shard had. With two threads a push's loop on 25.6M
+# parameters took 14-20 ms against 27-30 ms on one (Xeon VM, session 16); every element is
+# computed alone, so the numbers are the same bit for bit on any count of threads.
+OPTIONS = {"cpp_wrapper": True, "cpp.dynamic_threads": True}
 
 _building = threading.Lock()  # one build, whichever thread asks first (`warm` runs in a thread)
 
