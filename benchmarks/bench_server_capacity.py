@@ -12,10 +12,11 @@ BatchNorm statistics to every shard, each push answered with the shard's weights
 and fetch those. An *update* is one worker's push to every shard; it moves one gradient in and
 one weight copy out.
 Every actor asks for num_cpus=0, so nothing waits for a CPU slot; they share the cores. A shard
-(and a (c) sink) runs on --shard-threads torch threads: 2 by default, what `ps-train` gives a GPU
-run's shards (`SHARD_THREADS`; these workers stand in for GPU workers), and the store's own puts,
-on every path, copy on several threads too (Ray's parallel memcpy: a 102 MB `ray.put` took 12.3 ms
-here, a one-thread copy 18.7).
+(and a (c) sink) runs on `shard_threads(S)` torch threads: 2 (`SHARD_THREADS`, what `ps-train`
+gives a GPU run's shards on CPU nodes; these workers stand in for GPU workers) as long as the S
+shards' threads together fit in the machine's cores, else 1 (as `ps-train` plans them: never more
+threads than cores). The store's own puts, on every path, copy on several threads too (Ray's
+parallel memcpy: a 102 MB `ray.put` took 12.3 ms here, a one-thread copy 18.7).
 
 (a) Raw object store, the same bytes with no update math: the same K workers and loop, against S
 `Sink` actors that do nothing. Per shard and update: the worker passes its gradient slice as an
@@ -272,6 +273,14 @@ def cpu_seconds(pids: list) -> float:
     return total
 
 
+def shard_threads(a, S: int) -> int:
+    """Torch threads in each of S shards: --shard-threads, else SHARD_THREADS where the S shards'
+    threads fit in the cores together, else one (ps-train never plans more threads than cores)."""
+    if a.shard_threads:
+        return a.shard_threads
+    return SHARD_THREADS if S * SHARD_THREADS <= (os.cpu_count() or 1) else 1
+
+
 def shard_options(threads: int = 1) -> dict:
     return dict(optimizer=NesterovMomentum(0.9, 5e-4), schedule=LRSchedule(0.05), policy=Async(),
                 averager=PolyakAverage(0.99), threads=threads)
@@ -334,9 +343,9 @@ def main() -> None:
     ap.add_argument("--docs-workers", type=int, nargs="+", default=[1, 4],
                     help="K for (b) (default 1 4: each DataWorker holds a whole ResNet-50)")
     ap.add_argument("--models", nargs="+", default=["resnet50", "inception_v3"])
-    ap.add_argument("--shard-threads", type=int, default=SHARD_THREADS,
-                    help=f"torch threads in each shard and (c) sink (default {SHARD_THREADS}: what ps-train "
-                         f"gives a GPU run's shards)")
+    ap.add_argument("--shard-threads", type=int, default=None,
+                    help=f"torch threads in each shard and (c) sink (default: {SHARD_THREADS}, what ps-train "
+                         f"gives a GPU run's shards, where S x {SHARD_THREADS} fit in the cores; else 1)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds; implies --no-write")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     a = ap.parse_args()
@@ -381,11 +390,11 @@ def main() -> None:
             conc = max_k + 4  # a thread per worker, as make_shards gives a run's shards
             shards = [ray.remote(ParameterServerShard).options(num_cpus=0, max_concurrency=conc).remote(
                 s.index, init[s.params[0]:s.params[1]], np.ones(s.num_buffers, np.float32),
-                **shard_options(a.shard_threads)) for s in specs]
+                **shard_options(shard_threads(a, S))) for s in specs]
             sinks = [ray.remote(Sink).options(num_cpus=0, max_concurrency=conc).remote(
                 s.num_params + s.num_buffers) for s in specs]
             bare = [ray.remote(UpdateSink).options(num_cpus=0, max_concurrency=conc).remote(
-                s.num_params + s.num_buffers, s.num_params, a.shard_threads) for s in specs]
+                s.num_params + s.num_buffers, s.num_params, shard_threads(a, S)) for s in specs]
             on = {OURS: shards, STORE: sinks, BARE: bare}
             cells = [(p, k) for p in (OURS, STORE, BARE) for k in a.workers]
             docs = []
@@ -458,8 +467,9 @@ def report(a, layouts, model_bytes, rates, phases, cpu, checks, batched, store, 
     lines = [f"Machine: {machine()}, ray {__import__('ray').__version__}, {time.strftime('%Y-%m-%d')}; "
              f"load average (1 min) {loads[0][0]:.2f} before, {loads[1][0]:.2f} after. "
              f"{a.seconds:g} s per cell (at least {a.min_updates} updates per worker), "
-             f"{a.rounds} rounds in rotating order, medians over rounds; {a.shard_threads} torch "
-             f"thread{'s' if a.shard_threads > 1 else ''} in each shard and (c) sink; every process mapped "
+             f"{a.rounds} rounds in rotating order, medians over rounds; torch threads in each "
+             f"shard and (c) sink: {', '.join(f'{shard_threads(a, S)} at S={S}' for S in a.shards)}; "
+             f"every process mapped "
              f"the object store before its first cell (`touch_store`), as a run past its first "
              f"minute has. Object store "
              f"{store / 2**30:.1f} GiB for at most {need / 2**30:.1f} GiB in use at once"
