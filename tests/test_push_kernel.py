@@ -135,6 +135,7 @@ print(f"RESULT {out[2][1]:.3f} {out[1][1]:.3f} {same} {moved}")
 """
 
 
+@pytest.mark.slow  # a process of its own compiles every group size: about 50 s on a cold cache
 def test_the_compiled_push_runs_on_the_shards_threads_with_the_same_numbers():
     """A shard given two CPUs (`SHARD_THREADS`: a GPU run's shards) sets two torch threads as it
     starts and compiles its loop then, on tiny arrays (`warm`). The loop must run on both
