@@ -533,24 +533,25 @@ def report(a, layouts, model_bytes, rates, phases, cpu, checks, batched, store, 
               f"- The same against (a)'s *best* round in each cell (the store's ceiling: in some cells "
               f"(a) ran at two speeds from round to round, and a slow round of the baseline flatters the "
               f"ratio): {100 * median(list(vs_best.values())):.0f}% at the median cell; by K: "
-              + "; ".join(f"K={K} {', '.join(f'{100 * r:.0f}%' for (_, _, k), r in vs_best.items() if k == K)}"
-                          for K in a.workers)
-              + f"; at least 75% in {sum(r >= 0.75 for r in vs_best.values())} of {len(vs_best)} cells.",
+              + by_k(vs_best, a.workers) + f"; at least 75% in {sum(r >= 0.75 for r in vs_best.values())} of {len(vs_best)} cells.",
               f"- **(c), the store plus the plainest update, against (a)** (what the update's "
               f"arithmetic leaves of the store's rate, for any server that applies it): "
-              + "; ".join(f"K={K} {', '.join(f'{100 * r:.0f}%' for (_, _, k), r in bare_ratios.items() if k == K)}"
-                          for K in a.workers)
-              + f". At least 75% in {sum(r >= 0.75 for r in bare_ratios.values())} of "
+              + by_k(bare_ratios, a.workers) + f". At least 75% in {sum(r >= 0.75 for r in bare_ratios.values())} of "
               f"{len(bare_ratios)} cells.",
               f"- **ps-trainer against (c)**: {100 * median(list(vs_bare.values())):.0f}% at the median "
               f"cell; by K: "
-              + "; ".join(f"K={K} {', '.join(f'{100 * r:.0f}%' for (_, _, k), r in vs_bare.items() if k == K)}"
-                          for K in a.workers) + ".",
+              + by_k(vs_bare, a.workers) + ".",
               f"- Accounting: in every cell each shard counted exactly the pushes the workers made "
               f"({sum(u for _, u, _ in checks)} updates in all), every one applied."]
     lines += reading(a, rates, cpu, docs_model, S1, K4)
     lines += ["", copies_table(), "", where_time_goes(a, phases, cpu)]
     return "\n".join(lines)
+
+
+def by_k(ratios: dict, workers: list[int]) -> str:
+    """`ratios` ((model, S, K) -> ratio) as percentages grouped by K: "K=1 56%, 60%; K=4 ..."."""
+    return "; ".join(f"K={K} {', '.join(f'{100 * r:.0f}%' for (_, _, k), r in ratios.items() if k == K)}"
+                     for K in workers)
 
 
 def reading(a, rates, cpu, model, S1, K4) -> list[str]:
