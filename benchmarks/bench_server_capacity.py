@@ -607,8 +607,8 @@ def copies_table() -> str:
 
 def where_time_goes(a, phases, cpu) -> str:
     """CPU milliseconds per update in each group of processes (medians over rounds), and the
-    phases of one worker's update in wall time (K=1)."""
-    model = a.models[0]
+    phases of one worker's update in wall time (at the smallest K run: K=1 by default)."""
+    model, k = a.models[0], min(a.workers)
     rows = [f"Where the time goes ({model}): CPU ms per update (user + system, all threads; medians "
             f"over rounds) in the workers, the servers (shards, sinks, or the docs' server), the "
             f"raylet (it holds the object store) and the driver. On {os.cpu_count()} cores a "
@@ -625,7 +625,7 @@ def where_time_goes(a, phases, cpu) -> str:
         rows.append(f"| {key[0]} | {key[2] if key[0] != DOCS else 1} | {key[3]} | "
                     f"{ms['workers']:.0f} | {ms['server']:.0f} | {ms['raylet']:.0f} | "
                     f"{ms['driver']:.0f} | {total:.0f} | {os.cpu_count() * 1000 / total:.1f} |")
-    rows += ["", "One worker's update in wall time (K=1, median ms; push = the gradient's put, the "
+    rows += ["", f"One worker's update in wall time (K={k}, median ms; push = the gradient's put, the "
                  "server's work, its snapshot and put, and the reply: one call per shard, each push "
                  "answered with the weights after it; pull = the `ray.get` of those weights; land = "
                  "the landing in place: parameters re-pointed, cut tensors and BatchNorm statistics copied):", "",
@@ -633,7 +633,7 @@ def where_time_goes(a, phases, cpu) -> str:
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for path in (OURS, STORE, BARE):
         for s in a.shards:
-            ph = phases.get((path, model, s, min(a.workers)))
+            ph = phases.get((path, model, s, k))
             if not ph:
                 continue
             p, l_, q = (1e3 * float(np.median([x[i] for x in ph])) for i in range(3))
