@@ -58,10 +58,7 @@ The object store is sized for 3K + 4 model copies at once (each worker's gradien
 its model reads and the one arriving, and the servers'), 1.5 times that, at most 40% of the memory available.
 
     python benchmarks/bench_server_capacity.py [--seconds 3] [--rounds 3] [--workers 1 4 16]
-        [--shards 1 2 4] [--docs-workers 1 4] [--in-place] [--smoke] [--no-write]
-
-The shards check and update in one pass (core/fused_push.py) where they can, as a run's do;
-`--in-place` makes them check each gradient first and update in place, the path before.
+        [--shards 1 2 4] [--docs-workers 1 4] [--smoke] [--no-write]
 """
 
 from __future__ import annotations
@@ -284,9 +281,9 @@ def shard_threads(a, S: int) -> int:
     return SHARD_THREADS if S * SHARD_THREADS <= (os.cpu_count() or 1) else 1
 
 
-def shard_options(threads: int = 1, one_pass: bool = True) -> dict:
+def shard_options(threads: int = 1) -> dict:
     return dict(optimizer=NesterovMomentum(0.9, 5e-4), schedule=LRSchedule(0.05), policy=Async(),
-                averager=PolyakAverage(0.99), threads=threads, one_pass=one_pass)
+                averager=PolyakAverage(0.99), threads=threads)
 
 
 def store_size(max_workers: int, model_bytes: int) -> tuple[int, int, int]:
@@ -349,9 +346,6 @@ def main() -> None:
     ap.add_argument("--shard-threads", type=int, default=None,
                     help=f"torch threads in each shard and (c) sink (default: {SHARD_THREADS}, what ps-train "
                          f"gives a GPU run's shards, where S x {SHARD_THREADS} fit in the cores; else 1)")
-    ap.add_argument("--in-place", action="store_true",
-                    help="shards check each gradient first and update in place (one_pass=False): "
-                         "the path before the one-pass push (core/fused_push.py), for an A/B")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds; implies --no-write")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     a = ap.parse_args()
@@ -396,7 +390,7 @@ def main() -> None:
             conc = max_k + 4  # a thread per worker, as make_shards gives a run's shards
             shards = [ray.remote(ParameterServerShard).options(num_cpus=0, max_concurrency=conc).remote(
                 s.index, init[s.params[0]:s.params[1]], np.ones(s.num_buffers, np.float32),
-                **shard_options(shard_threads(a, S), not a.in_place)) for s in specs]
+                **shard_options(shard_threads(a, S))) for s in specs]
             sinks = [ray.remote(Sink).options(num_cpus=0, max_concurrency=conc).remote(
                 s.num_params + s.num_buffers) for s in specs]
             bare = [ray.remote(UpdateSink).options(num_cpus=0, max_concurrency=conc).remote(
@@ -475,7 +469,6 @@ def report(a, layouts, model_bytes, rates, phases, cpu, checks, batched, store, 
              f"{a.seconds:g} s per cell (at least {a.min_updates} updates per worker), "
              f"{a.rounds} rounds in rotating order, medians over rounds; torch threads in each "
              f"shard and (c) sink: {', '.join(f'{shard_threads(a, S)} at S={S}' for S in a.shards)}; "
-             f"{'the shards checked each gradient first and updated in place (--in-place); ' if a.in_place else ''}"
              f"every process mapped "
              f"the object store before its first cell (`touch_store`), as a run past its first "
              f"minute has. Object store "
@@ -483,8 +476,7 @@ def report(a, layouts, model_bytes, rates, phases, cpu, checks, batched, store, 
              f"{' (bounded to 40% of the memory available: Ray spills the rest to disk)' if store < need else ''}; "
              f"{avail / 2**30:.1f} GiB were available.", "",
              "    python benchmarks/bench_server_capacity.py" + ("" if a.seconds == 3 and a.rounds == 3
-                                                              else f" --seconds {a.seconds:g} --rounds {a.rounds}")
-             + (" --in-place" if a.in_place else ""), "",
+                                                              else f" --seconds {a.seconds:g} --rounds {a.rounds}"), "",
              "An update = one worker's gradient pushed to every shard (and applied) plus one pull of every "
              "shard's weights; MB/s counts both directions (2 x the model's float32 bytes per update). "
              "Pushes applied together: the share of the pushes a shard applied in one pass with others "
