@@ -153,9 +153,11 @@ def test_pushes_that_queue_behind_a_busy_ray_shard_are_applied_together_exactly(
     shard = make(ray, n=n, concurrency=pushes + 3)  # a thread for the hold, one a push, spares
 
     def graphs(self):  # wait for the warm-up, then count what this process compiled
-        from torch._dynamo.utils import counters
+        # (joined before importing torch._dynamo: importing it while the warm-up thread is
+        # importing torch._inductor can raise Python's import _DeadlockError, as in one CI run)
         if self.warming is not None:
             self.warming.join()
+        from torch._dynamo.utils import counters
         return counters["stats"]["unique_graphs"]
 
     compiled_before = ray.get(shard.__ray_call__.remote(graphs))
