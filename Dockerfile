@@ -31,6 +31,17 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
 ENV PYTHONUNBUFFERED=1 \
     RAY_USAGE_STATS_ENABLED=0
 
+# A C compiler on every node: shards of 2M+ parameters build their update loop there (core/
+# push_kernel.py through TorchInductor; the one-pass push's C kernel, core/fused_push.py). Ray's
+# GPU images keep g++, its CPU images remove it; without one a shard falls back to torch's
+# kernels, the same update in more passes over memory (docs/architecture.md).
+USER 0
+# hadolint ignore=DL3008
+RUN if ! command -v cc >/dev/null; then \
+        apt-get update && apt-get install -y --no-install-recommends g++ \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
+
 USER 1000:100
 WORKDIR /home/ray/ps-trainer
 

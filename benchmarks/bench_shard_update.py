@@ -40,10 +40,13 @@ from ps_trainer.core import (DelayCompensated, LRSchedule, NesterovMomentum, Pol
                              ShardState)
 from ps_trainer.core import dc_kernel  # noqa: E402
 from ps_trainer.core.optim import fused_sgd_works  # noqa: E402
+from ps_trainer.core.shard import gradient_finite  # noqa: E402
 
 SECTION = "Shard update (Nesterov + weight decay + Polyak)"
 MEMCPY = "memcpy (torch copy_)"
-PUSH = "ShardState.push (validate + SGD + Polyak: the compiled loop, kernel='auto')"
+PUSH = "ShardState.push (validate + SGD + Polyak in one pass: core/fused_push.py, kernel='auto')"
+PUSH_INPLACE = "ShardState.push, the check and then the compiled loop in place (one_pass=False)"
+QUEUED_INPLACE = "ShardState.push in place (one_pass=False), 4 pushes queued and applied together, per push"
 PUSH_FALLBACK = "ShardState.push, in-place fallback kernel"
 PUSH_DC = "ShardState.push, DC-ASGD-a, compiled kernel (one loop: compensate + SGD + Polyak)"
 PUSH_DC_EAGER = "ShardState.push, DC-ASGD-a, eager kernel (compensate + SGD + Polyak, 256K blocks)"
@@ -225,11 +228,13 @@ def main() -> None:
         d.copy_(s)
     w0 = rng.standard_normal(n, dtype=np.float32)
 
-    def make(kernel="auto", policy=None):
+    def make(kernel="auto", policy=None, one_pass=True):
         return ShardState(0, w0, optimizer=NesterovMomentum(0.9, 1e-4, kernel=kernel),
-                          schedule=LRSchedule(0.01), averager=PolyakAverage(0.999), policy=policy)
+                          schedule=LRSchedule(0.01), averager=PolyakAverage(0.999), policy=policy,
+                          one_pass=one_pass)
 
     shard = make()
+    in_place = make(one_pass=False)
     fallback = make("inplace")
     dc = make(policy=DelayCompensated(lam=2.0, adaptive=True, kernel="eager"))
     _, v_read = dc.snapshot(worker=0)  # every timed DC push compensates against this read
@@ -308,7 +313,8 @@ def main() -> None:
     cases = {
         MEMCPY: memcpy,
         "memcpy (numpy copyto)": lambda: np.copyto(dst.numpy(), src.numpy()),
-        "validate only (`_check`: the sum of the elements)": lambda: shard._check(grad, None, None),
+        "validate only (`gradient_finite`: the sum of the elements, as a shard updating in place checks)":
+            lambda: gradient_finite(grad, True),
         "validate by aminmax (the check before)": lambda: torch.aminmax(g),
         "fused Nesterov SGD only": lambda: fused.step(w, buf, g, 0.01),
         "in-place fallback SGD only (blocked)": inplace_blocked,
@@ -316,6 +322,8 @@ def main() -> None:
         PUSH: pusher(shard),
         QUEUED.format(k=2): queued(shard, 2),
         QUEUED.format(k=4): queued(shard, 4),
+        PUSH_INPLACE: pusher(in_place),
+        QUEUED_INPLACE: queued(in_place, 4),
         PUSH_EAGER: pusher(eager),
         QUEUED_EAGER: queued(eager, 4),
         "push with the check fused into the blocks (not exact on reject)": check_in_blocks,
@@ -328,7 +336,8 @@ def main() -> None:
             lambda: old_compensate(dc.policy, g, dc._w, w_read),
         "six numpy ufuncs (Nesterov, no Polyak)": numpy_ufuncs,
     }
-    per_call = {k: 2 if k == QUEUED.format(k=2) else 4 if k in (QUEUED.format(k=4), QUEUED_EAGER) else 1
+    per_call = {k: 2 if k == QUEUED.format(k=2) else 4 if k in (QUEUED.format(k=4), QUEUED_EAGER,
+                                                                 QUEUED_INPLACE) else 1
                 for k in cases}  # pushes per timed call: the table shows each per push
     cpu = {k: [] for k in cases}
     wall = {k: [] for k in cases}
@@ -372,6 +381,10 @@ def main() -> None:
               f"alone ({per_round(QUEUED.format(k=4), PUSH)} at 4); with torch's fused kernel "
               f"{med[QUEUED_EAGER] / med[PUSH_EAGER]:.2f}x at 4. The compiled push = "
               f"{med[PUSH] / med[PUSH_EAGER]:.2f}x the fused kernel's ({per_round(PUSH, PUSH_EAGER)}).",
+              f"The one pass = {med[PUSH] / med[PUSH_INPLACE]:.2f}x the check and the compiled loop "
+              f"in place ({per_round(PUSH, PUSH_INPLACE)}); 4 together, per push: "
+              f"{med[QUEUED.format(k=4)] / med[QUEUED_INPLACE]:.2f}x "
+              f"({per_round(QUEUED.format(k=4), QUEUED_INPLACE)}).",
               "", NOTES]
     text = "\n".join(lines)
     print(text)

@@ -257,7 +257,8 @@ def run(script, *args):
     return p.stdout
 
 
-PUSH = "ShardState.push (validate + SGD + Polyak: the compiled loop, kernel='auto')"
+PUSH = "ShardState.push (validate + SGD + Polyak in one pass: core/fused_push.py, kernel='auto')"
+IN_PLACE = "ShardState.push, the check and then the compiled loop in place (one_pass=False)"
 
 
 def test_shard_update_benchmark_smoke_prints_the_ratios():
@@ -265,7 +266,8 @@ def test_shard_update_benchmark_smoke_prints_the_ratios():
     rows = {name: (float(cpu), float(ratio), float(wall))
             for name, cpu, ratio, wall in re.findall(
                 r"^\| ([^|]+?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| [\d.]+ \|$", out, re.M)}
-    for name in ("memcpy (torch copy_)", PUSH,
+    for name in ("memcpy (torch copy_)", PUSH, IN_PLACE,
+                 "ShardState.push in place (one_pass=False), 4 pushes queued and applied together, per push",
                  "ShardState.push, 4 pushes queued and applied together (group commit), per push",
                  "ShardState.push, torch's fused SGD kernel + lerp (kernel='fused', the push before)",
                  "ShardState.push, in-place fallback kernel",
@@ -294,6 +296,11 @@ def test_shard_update_benchmark_smoke_prints_the_ratios():
     assert group, out
     four = rows["ShardState.push, 4 pushes queued and applied together (group commit), per push"]
     assert (four[0] - 0.05) / (plain[0] + 0.05) <= float(group[2]) <= (four[0] + 0.05) / (plain[0] - 0.05)
+    one = re.search(r"The one pass = ([\d.]+)x the check and the compiled loop in place \(per round "
+                    r"[\d.]+-[\d.]+x\); 4 together, per push: ([\d.]+)x", out)
+    assert one, out
+    in_place = rows[IN_PLACE]
+    assert (plain[0] - 0.05) / (in_place[0] + 0.05) <= float(one[1]) <= (plain[0] + 0.05) / (in_place[0] - 0.05)
 
 
 def test_scaling_benchmark_smoke_prints_the_curve_and_the_shards_needed(tmp_path):

@@ -151,6 +151,8 @@ def test_the_dockerfile_starts_from_a_pinned_ray_image_and_runs_as_a_user():
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert "--shm-size" in (ROOT / "Dockerfile").read_text()  # documented for `docker run`
     assert not any(op == "ADD" for op, _ in steps)  # COPY only: nothing fetched at build time
+    # a C compiler where the base has none (Ray's CPU images), for the shards' compiled update
+    assert any(op == "RUN" and "command -v cc" in a and "g++" in a for op, a in steps)
 
 
 def test_the_dockerfile_is_hadolint_clean(tmp_path, installed):

@@ -15,11 +15,12 @@ from ps_trainer.core.policy import Async, Synchronous
 N = 5000  # parameters: five of the test's 1000-element blocks
 
 
-def shard(policy, kernel="auto"):
+def shard(policy, kernel="auto", one_pass=True):
     rng = np.random.default_rng(0)
     return ShardState(0, rng.standard_normal(N, dtype=np.float32), np.arange(3, dtype=np.float32),
                       optimizer=NesterovMomentum(0.9, 5e-4, kernel=kernel), policy=policy,
-                      schedule=LRSchedule(0.05, warmup=3), averager=PolyakAverage(0.9), block=1000)
+                      schedule=LRSchedule(0.05, warmup=3), averager=PolyakAverage(0.9), block=1000,
+                      one_pass=one_pass)
 
 
 def grads(k):
@@ -36,7 +37,8 @@ QUEUED = [(1, 0), (2, 1), (0, 1), (3, 0), (1, 1), (2, 1), (3, 1)]
 QUEUED_SYNC = [(1, 0), (2, 0), (0, 1), (3, 0), (1, 1), (2, 1), (3, 1)]
 POLICIES = {
     "async": Async,
-    "async, compiled loop": Async,  # push_kernel.py, as a shard of 2M+ parameters runs it
+    "async, compiled loop": Async,  # as a shard of 2M+ parameters runs it: fused_push.py's pass
+    "async, compiled loop in place": Async,  # push_kernel.py's, after the check (one_pass=False)
     "staleness-aware lr": StalenessAwareLR,
     "drop stale > 2": lambda: DropStale(2),
     "dc-asgd-a": lambda: DelayCompensated(kernel="eager"),
@@ -81,7 +83,10 @@ def test_queued_pushes_applied_together_equal_the_same_pushes_one_by_one(name):
     if kernel == "compiled":  # every group size built first, as a Ray shard does as it starts
         from ps_trainer.core import push_kernel
         assert push_kernel.warm(nesterov=True, averaged=True)
-    batched, serial = shard(POLICIES[name](), kernel), shard(POLICIES[name](), kernel)
+    one_pass = "in place" not in name
+    batched, serial = (shard(POLICIES[name](), kernel, one_pass) for _ in range(2))
+    from ps_trainer.core import fused_push
+    assert batched.fuses() == (kernel == "compiled" and one_pass and fused_push.library() is not None)
     queued = QUEUED_SYNC if name.startswith("sync") else QUEUED
     g = grads(len(queued))
     pushes = [(g[i], v, w, np.full(3, float(i), np.float32)) for i, (w, v) in enumerate(queued)]

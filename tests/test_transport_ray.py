@@ -141,9 +141,10 @@ def test_pushes_that_queue_behind_a_busy_ray_shard_are_applied_together_exactly(
     """Group commit through a real threaded actor: pushes sent while the shard's lock is held
     (from inside the actor, as a long update would) are applied in one pass, and the shard ends
     bit for bit where the same pushes applied one by one, in the order of their versions, leave
-    a ShardState. On a shard large enough for the compiled loop, 9 pushes run as calls of 4, 4
-    and 1, and nothing compiles that the shard's warm-up did not (a Ray shard at K=16 once ran
-    past torch.compile's variants and failed its pushes)."""
+    a ShardState. On a shard large enough for the compiled loop, 9 pushes run as one pass of 8
+    and one of 1 (the one-pass push takes at most fused_push.GROUP; in place: one loop, in calls
+    of 4, 4 and 1), and nothing compiles that the shard's warm-up did not (a Ray shard at K=16
+    once ran past torch.compile's variants and failed its pushes)."""
     import time
 
     from ps_trainer.core import ShardState, push_kernel
@@ -184,7 +185,12 @@ def test_pushes_that_queue_behind_a_busy_ray_shard_are_applied_together_exactly(
     assert sorted(r.version for r in results) == list(range(1, pushes + 1))
     assert sorted(r.staleness for r in results) == list(range(pushes))
     stats = ray.get(shard.stats.remote())
-    assert stats["batched"] == pushes and stats["counters"] == {"applied": pushes}, stats
+    from ps_trainer.core import fused_push
+    group = fused_push.GROUP if ray.get(shard.__ray_call__.remote(lambda self: self.state.fuses())) \
+        else pushes
+    sizes = [min(group, pushes - i) for i in range(0, pushes, group)]  # the drains, in turn
+    assert stats["batched"] == sum(k for k in sizes if k > 1), (sizes, stats)
+    assert stats["counters"] == {"applied": pushes}, stats
     assert ray.get(shard.__ray_call__.remote(graphs)) == compiled_before
     replay = ShardState(0, np.zeros(n, np.float32), np.ones(4, np.float32),
                         optimizer=NesterovMomentum(0.9, 0.0), schedule=LRSchedule(0.1),
@@ -198,3 +204,32 @@ def test_pushes_that_queue_behind_a_busy_ray_shard_are_applied_together_exactly(
     (w, version), = RayClient([shard]).pull()
     assert version == pushes
     np.testing.assert_array_equal(w[:n], replay.params)
+
+
+def test_the_one_pass_kernel_runs_on_the_shards_threads_in_a_ray_actor(ray_local):
+    """Ray sets OMP_NUM_THREADS=1 in its workers, and OpenMP's count in an actor's threads
+    followed it: a first one-pass push (core/fused_push.py) ran on one thread on a two-thread
+    shard, while torch's loops ran on two. The kernel now takes torch's count."""
+    import shutil
+
+    from ps_trainer.core import fused_push
+
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler: shards keep the in-place push")
+    shard = make(ray_local)
+
+    def threads(self, n):  # set in one thread, the kernel called in another, as a shard's are
+        import os
+        import threading
+
+        import torch
+        torch.set_num_threads(n)
+        used = []
+        other = threading.Thread(target=lambda: used.append(fused_push.threads()))
+        other.start()
+        other.join()
+        return os.environ.get("OMP_NUM_THREADS"), used[0]
+
+    for n in (2, 1, 3):
+        omp, used = ray_local.get(shard.__ray_call__.remote(threads, n))
+        assert used == n, f"asked for {n} threads (OMP_NUM_THREADS={omp}), the kernel ran on {used}"

@@ -12,8 +12,10 @@ queued behind a busy shard (group commit) run in the same loop: each element is 
 once for all of them, so 4 pushes cost about half of 4 single ones (0.55x each, check included,
 each push with a gradient of its own), and give the same numbers, bit for bit.
 
-A shard that runs this loop also checks its gradients with a compiled sum (`total`), which reads
-eight regions side by side: 0.8x torch.sum's time. Both run on the shard's threads (`OPTIONS`).
+A shard that runs this loop in place also checks its gradients first with a compiled sum
+(`total`), which reads eight regions side by side: 0.8x torch.sum's time. Both run on the shard's
+threads (`OPTIONS`). Where it can, a shard instead checks and updates in one pass, out of place
+(fused_push.py, `ShardState.fuses`); this loop is then the fallback and the reference.
 
 It is built with Inductor's C++ wrapper (`OPTIONS`), whose entry point releases the GIL while the
 loop runs, as torch's kernels do: the shard's other threads go on meanwhile. A Ray shard compiles

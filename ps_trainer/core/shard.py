@@ -8,7 +8,9 @@ Invariants:
   carries it back and staleness = version now - version read.
 - Every push ends in exactly one outcome, counted in `counters` (and per worker): a push that is
   malformed (wrong size, dtype, shard, non-finite values, version from the future) is rejected and
-  leaves every array and the version unchanged.
+  leaves every array and the version unchanged. A large shard finds non-finite values in the
+  update's own pass, which writes a second copy of the state (`fuses`, fused_push.py) and keeps
+  it only if every gradient was finite.
 - The optimizer (Nesterov momentum, weight decay, lr schedule) runs here, in place; workers send
   raw gradients. The Polyak average follows every applied update.
 - Pushes are decided in the order they reached the queue, one at a time, under the lock; those
@@ -35,7 +37,7 @@ import warnings
 import numpy as np
 import torch
 
-from . import dc_kernel, push_kernel
+from . import dc_kernel, fused_push, push_kernel
 from .optim import BLOCK, NesterovMomentum
 from .policy import AGGREGATED, APPLIED, COMPENSATED, REJECTED, Async, Decision
 from .polyak import PolyakAverage
@@ -80,8 +82,16 @@ def gradient_finite(grad: np.ndarray, compiled: bool = False) -> bool:
     t = torch.from_numpy(grad)
     if math.isfinite(push_kernel.total(t) if compiled else float(t.sum())):
         return True
+    return extremes_finite(t)
+
+
+def extremes_finite(t: torch.Tensor) -> bool:
+    """Are the minimum and maximum finite (so every element is)? What settles a sum that is not."""
     lo, hi = torch.aminmax(t)
     return math.isfinite(float(lo)) and math.isfinite(float(hi))
+
+
+NON_FINITE = "gradient contains NaN or Inf"
 
 
 @dataclass
@@ -103,21 +113,24 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 class ShardState:
     def __init__(self, index: int, params: np.ndarray, buffers: np.ndarray | None = None, *,
                  optimizer: NesterovMomentum | None = None, schedule: LRSchedule | None = None,
-                 policy=None, averager: PolyakAverage | None = None, block: int = BLOCK):
+                 policy=None, averager: PolyakAverage | None = None, block: int = BLOCK,
+                 one_pass: bool = True):
         self.index = index
         self.buffers = np.array(buffers if buffers is not None else [], np.float32, copy=True)  # (B_i,)
         # The weights and their Polyak average each sit at the head of an allocation with room
         # for the served BatchNorm statistics after them: `publication` hands out `[weights |
         # BatchNorm statistics]` without assembling a copy (a 100 MB shard's publication then
         # costs the object store's copy alone).
+        # (Aligned to a cache line: the one-pass push writes them with streaming stores.)
         n, b = np.shape(params)[0], self.buffers.shape[0]
-        self._stores = {False: np.empty(n + b, np.float32)}
+        self._stores = {False: fused_push.aligned_empty(n + b)}
         self.params = self._stores[False][:n]  # (P_i,) owned, updated in place
         self.params[:] = params
-        self.momentum = np.zeros_like(self.params)  # (P_i,) Nesterov buffer
+        self.momentum = fused_push.aligned_empty(n)  # (P_i,) Nesterov buffer
+        self.momentum[:] = 0.0
         self.average = None  # (P_i,) Polyak weights
         if averager is not None:
-            self._stores[True] = np.empty(n + b, np.float32)
+            self._stores[True] = fused_push.aligned_empty(n + b)
             self.average = self._stores[True][:n]
             self.average[:] = self.params
         self.bn_slots: dict[int, np.ndarray] = {}  # worker -> latest BatchNorm statistics
@@ -157,6 +170,10 @@ class ShardState:
         self._w, self._buf = torch.from_numpy(self.params), torch.from_numpy(self.momentum)
         self._avg = torch.from_numpy(self.average) if self.average is not None else None
         self._blocks: torch.Tensor | None = None  # (2, block) scratch of `_steps`, made when first needed
+        # The one-pass push (fused_push.py): does this shard check and update in one pass (None:
+        # not decided yet), and the second copy of its state that the pass writes.
+        self._fusing: bool | None = None if one_pass else False
+        self._spare: tuple | None = None  # (stores, momentum), as `_stores` and `momentum`
 
     # ---- pull ------------------------------------------------------------------------------------
     def pull(self) -> tuple[np.ndarray, np.ndarray, int]:
@@ -274,10 +291,25 @@ class ShardState:
                 return f"BatchNorm statistics must be float32 of shape {self.buffers.shape}"
             if not np.isfinite(bn_stats).all():
                 return "BatchNorm statistics contain NaN or Inf"
+        if self.fuses():
+            return ""  # the one-pass push sums the gradient as it applies it (`_drain`)
         if not gradient_finite(grad, self.optimizer.compiled_push(grad.shape[0],
                                                                   self._avg is not None)):
-            return "gradient contains NaN or Inf"
+            return NON_FINITE
         return ""
+
+    def fuses(self) -> bool:
+        """Does this shard check each gradient in the update's own pass (fused_push.py)? Where
+        the compiled loop runs (large shards with momentum), the kernel builds, and every
+        applied push is a plain step: not with DC-ASGD (it compensates at the push's turn) or
+        BSP (it sums first). Decided once, at the first push; never with `one_pass=False` (the
+        memory of a second copy of the state saved, or the in-place path measured)."""
+        if self._fusing is None:
+            self._fusing = (not self.policy.keeps_reads and not self.policy.aggregates
+                            and self.optimizer.compiled_push(self.params.shape[0],
+                                                             self.average is not None)
+                            and fused_push.library() is not None)
+        return self._fusing
 
     def _check_version(self, version_read) -> str:
         """A version this shard has issued (under the lock: the version moves)."""
@@ -297,6 +329,8 @@ class ShardState:
         saturated shard saves is the memory traffic (see docs/architecture.md)."""
         if isinstance(grad, np.ndarray) and grad.dtype == BFLOAT16_BITS:
             grad = from_bfloat16_bits(grad)  # checked and accumulated in float32, as always
+        if isinstance(grad, np.ndarray) and not grad.flags.c_contiguous:
+            grad = np.ascontiguousarray(grad)  # (the one-pass push reads it as one run of floats)
         queued = _Queued(grad, version_read, worker, bn_stats, self._check(grad, bn_stats, shard))
         with self._queue_lock:
             self._queue.append(queued)
@@ -310,21 +344,56 @@ class ShardState:
     def _drain(self) -> None:
         """Decide every queued push in arrival order, then apply the plain steps among them in one
         blocked pass (under the lock). A push that needs the arrays as they are at its turn
-        (DC-ASGD's compensation, a BSP step) first applies the steps decided before it."""
+        (DC-ASGD's compensation, a BSP step) first applies the steps decided before it.
+
+        A shard that checks in the update's pass (`fuses`) takes at most fused_push.GROUP pushes
+        and learns whether a gradient was finite only from that pass, which leaves the state as
+        it was when one was not: it then puts back the bookkeeping as it was before the group
+        (`_ledger`), marks those pushes rejected and decides the group again."""
+        fusing = self.fuses()
         with self._queue_lock:
-            batch, self._queue = self._queue, []
-        steps: list = []  # (g, lr, Polyak weight) of plain pushes decided, not yet applied
-        try:
-            for i, q in enumerate(batch):
-                try:
-                    q.result = self._decide(q, steps)
-                except BaseException as e:  # a bug, not bad input: its pusher raises it, and
-                    q.error = e  # the pushes behind it go back to the queue for their threads
-                    with self._queue_lock:
-                        self._queue[:0] = batch[i + 1:]
-                    break
-        finally:
-            self._steps(steps)
+            take = fused_push.GROUP if fusing else len(self._queue)
+            batch, self._queue = self._queue[:take], self._queue[take:]
+        ledger = self._ledger() if fusing else None
+        while True:
+            steps: list = []  # (g, lr, Polyak weight) of plain pushes decided, not yet applied
+            owners: list = []  # the push each step came from
+            try:
+                for i, q in enumerate(batch):
+                    try:
+                        before = len(steps)
+                        q.result = self._decide(q, steps)
+                        if len(steps) > before:
+                            owners.append(q)
+                    except BaseException as e:  # a bug, not bad input: its pusher raises it,
+                        q.error = e  # and the pushes behind it go back to the queue for their threads
+                        with self._queue_lock:
+                            self._queue[:0] = batch[i + 1:]
+                        batch = batch[:i + 1]
+                        break
+            finally:
+                bad = self._steps(steps)
+            if not bad:
+                return
+            self._restore(ledger)  # the arrays are as they were: so is the bookkeeping now
+            for i in bad:
+                owners[i].reason = NON_FINITE
+            for q in batch:
+                q.result = q.error = None
+
+    def _ledger(self) -> tuple:
+        """The bookkeeping `_decide` changes, copied (small: a few numbers per worker)."""
+        return (self.version, self.counters.copy(),
+                {w: c.copy() for w, c in self.worker_counters.items()}, self.reject_reasons.copy(),
+                self.staleness_sum, self.staleness_count, self.clocks.copy(), dict(self.last_read),
+                dict(self.bn_slots), dict(self.bn_versions))
+
+    def _restore(self, ledger: tuple) -> None:
+        (self.version, counters, workers, reasons, self.staleness_sum, self.staleness_count,
+         clocks, last_read, bn_slots, bn_versions) = ledger
+        self.counters, self.reject_reasons, self.clocks = counters.copy(), reasons.copy(), clocks.copy()
+        self.worker_counters = {w: c.copy() for w, c in workers.items()}
+        self.last_read, self.bn_slots, self.bn_versions = dict(last_read), dict(bn_slots), dict(bn_versions)
 
     def _decide(self, q: "_Queued", steps: list) -> PushResult:
         """One push's outcome, under the lock; a plain step is appended to `steps` (the version
@@ -429,15 +498,20 @@ class ShardState:
             return
         self._steps([(g, lr, weight)], w_read)
 
-    def _steps(self, steps: list, w_read: torch.Tensor | None = None) -> None:
-        """Apply `steps` [(g, lr, Polyak weight)] in order. A shard that runs the compiled push
-        hands the whole group to push_kernel.py: one loop does the SGD step and the Polyak lerp
-        of every push, over blocks of its own. Otherwise block by block: in each block every step
-        runs the compensation (DC-ASGD: one step, with `w_read`), the SGD kernel and the Polyak
-        lerp, each finding the block's arrays in cache where the one before left them; a
-        compensated push takes the policy's blocks (it keeps twice as many arrays in cache)."""
+    def _steps(self, steps: list, w_read: torch.Tensor | None = None) -> list[int]:
+        """Apply `steps` [(g, lr, Polyak weight)] in order. A shard that checks in the update's
+        pass (`fuses`) runs fused_push.py's loop into its second copy of the state and keeps it
+        only if every gradient was finite; else it returns the indices of the steps that were
+        not, the state unchanged. A shard that runs the compiled push hands the whole group to
+        push_kernel.py: one loop does the SGD step and the Polyak lerp of every push, over blocks
+        of its own. Otherwise block by block: in each block every step runs the compensation
+        (DC-ASGD: one step, with `w_read`), the SGD kernel and the Polyak lerp, each finding the
+        block's arrays in cache where the one before left them; a compensated push takes the
+        policy's blocks (it keeps twice as many arrays in cache). Returns [] once applied."""
         if not steps:
-            return
+            return []
+        if w_read is None and self.fuses():
+            return self._fused_steps(steps)
         if len(steps) > 1:
             self.batched += len(steps)
         n, opt = self._w.shape[0], self.optimizer
@@ -446,7 +520,7 @@ class ShardState:
             push_kernel.push(self._w, self._buf, self._avg, [g for g, _, _ in steps],
                              push_kernel.numbers(steps, opt.weight_decay, opt.momentum),
                              nesterov=opt.nesterov)
-            return
+            return []
         mean_square = self.policy.running_mean_square(n) if w_read is not None else None
         block = min(self.block, self.policy.block) if w_read is not None else self.block
         out, tmp = self._scratch()
@@ -463,6 +537,35 @@ class ShardState:
                 opt.step(w, buf, gb, lr, scratch=tmp)
                 if avg is not None:
                     avg.lerp_(w, weight)
+        return []
+
+    def _fused_steps(self, steps: list) -> list[int]:
+        """`steps` in one pass of fused_push.py's loop, from the state into the spare copy, which
+        becomes the state if every gradient's sum was finite. Else the indices of the steps whose
+        gradient was not (an overflowing sum of finite values is told apart, as in
+        `gradient_finite`), and the state is untouched."""
+        n, opt, averaged = self.params.shape[0], self.optimizer, self.average is not None
+        if self._spare is None:  # made at the first push: a shard that never fuses never pays
+            self._spare = ({k: fused_push.aligned_empty(a.shape[0]) for k, a in self._stores.items()},
+                           fused_push.aligned_empty(n))
+        stores, momentum = self._spare
+        new = [torch.from_numpy(stores[False][:n]), torch.from_numpy(momentum),
+               torch.from_numpy(stores[True][:n] if averaged else momentum)]
+        gs = [g for g, _, _ in steps]
+        sums = fused_push.push([self._w, self._buf, self._avg if averaged else self._buf], new, gs,
+                               push_kernel.numbers(steps, opt.weight_decay, opt.momentum),
+                               opt.nesterov, averaged)
+        bad = [i for i, s in enumerate(sums) if not math.isfinite(s) and not extremes_finite(gs[i])]
+        if bad:
+            return bad
+        self._spare = (self._stores, self.momentum)
+        self._stores, self.momentum = stores, momentum
+        self.params = stores[False][:n]
+        self.average = stores[True][:n] if averaged else None
+        self._w, self._buf, self._avg = new[0], new[1], new[2] if averaged else None
+        if len(steps) > 1:
+            self.batched += len(steps)
+        return []
 
     def _scratch(self) -> torch.Tensor:  # (2, block)
         """Two blocks of scratch (the compensated gradient; the kernel's temporary), made once."""

@@ -135,7 +135,9 @@ def check_memory(plan: Plan) -> None:
         per_worker = estimate_worker_memory(probe, cfg.batch_size, plan.in_channels, plan.image_size)
     except Exception:  # noqa: BLE001 - an estimate we cannot make is not a reason to refuse
         return
-    need = cfg.workers * per_worker + cfg.ps_shards * (400 << 20) + 4 * 4 * plan.layout.num_params
+    # the shards' arrays: weights, momentum, average and a snapshot, and on shards that check in
+    # the update's pass (core/fused_push.py) a second copy of the first three
+    need = cfg.workers * per_worker + cfg.ps_shards * (400 << 20) + 7 * 4 * plan.layout.num_params
     have = available_memory()
     if have and need > 0.9 * have:
         fit = max(1, int((0.9 * have - cfg.ps_shards * (400 << 20)) // per_worker))

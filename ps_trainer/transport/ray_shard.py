@@ -63,7 +63,8 @@ class ParameterServerShard:
     def __init__(self, index: int, params: np.ndarray | None = None,
                  buffers: np.ndarray | None = None, *, optimizer, schedule, policy, averager,
                  publish_every: int = 1, publish_interval: float = 0.0, threads: int = 1,
-                 checkpoints: str = "", sizes: tuple[int, int] = (0, 0), crash_at: int = 0):
+                 checkpoints: str = "", sizes: tuple[int, int] = (0, 0), crash_at: int = 0,
+                 one_pass: bool = True):
         import torch
 
         torch.set_num_threads(threads)
@@ -79,7 +80,7 @@ class ParameterServerShard:
         elif params is None:  # nothing to serve: hold every pull until the driver stops the run
             params, buffers = np.zeros(sizes[0], np.float32), np.zeros(sizes[1], np.float32)
         self.state = ShardState(index, params, buffers, optimizer=optimizer, schedule=schedule,
-                                policy=policy, averager=averager)
+                                policy=policy, averager=averager, one_pass=one_pass)
         if sd is not None:
             self.state.load_state_dict(sd)
         if restarted or error:
@@ -98,6 +99,7 @@ class ParameterServerShard:
         opt, averaged = self.state.optimizer, self.state.average is not None
         if opt.compiled_push(self.state.params.shape[0], averaged):
             push_kernel.warm(opt.nesterov, averaged)
+            self.state.fuses()  # builds the one-pass push's kernel (fused_push.py), where it will run
 
     def _slice(self, index: int, checkpoints: str, tries: int = 3) -> tuple[dict | None, str]:
         """This shard's state in the latest checkpoint under `checkpoints`, or (None, why not).
