@@ -42,7 +42,7 @@ import threading
 import numpy as np
 import torch
 
-__all__ = ["GROUP", "aligned_empty", "library", "push", "threads"]
+__all__ = ["GROUP", "aligned_empty", "compiler", "library", "push", "threads"]
 
 GROUP = 8  # pushes one call applies at most (the kernel keeps a running sum per gradient)
 ALIGNMENT = 64  # bytes: a cache line, and an AVX-512 streaming store's alignment
@@ -166,12 +166,17 @@ def _cpu() -> str:
         return platform.processor()
 
 
+def compiler() -> str | None:
+    """The C compiler the kernel is built with ($CC, else cc or gcc), or None: none here."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
 @functools.cache
 def _library():
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None or platform.machine() not in ("x86_64", "AMD64"):
+    cc = compiler()
+    if cc is None or platform.machine() not in ("x86_64", "AMD64"):
         return None
-    tag = hashlib.sha1("\n".join([KERNEL, " ".join(FLAGS), compiler, _cpu()]).encode()).hexdigest()
+    tag = hashlib.sha1("\n".join([KERNEL, " ".join(FLAGS), cc, _cpu()]).encode()).hexdigest()
     folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(
         tempfile.gettempdir(), f"ps_trainer_{os.getuid() if hasattr(os, 'getuid') else 'user'}")
     lib = os.path.join(folder, f"fused_push_{tag[:16]}.so")
@@ -182,7 +187,7 @@ def _library():
                 src, out = os.path.join(tmp, "fused_push.c"), os.path.join(tmp, "fused_push.so")
                 with open(src, "w") as f:
                     f.write(KERNEL)
-                subprocess.run([compiler, *FLAGS, src, "-o", out], check=True,
+                subprocess.run([cc, *FLAGS, src, "-o", out], check=True,
                                capture_output=True, timeout=120)
                 os.replace(out, lib)
         fn = ctypes.CDLL(lib).fused_push  # a CDLL call releases the GIL
