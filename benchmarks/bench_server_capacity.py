@@ -180,6 +180,64 @@ class ZeroWorker:
             phases.append((time.perf_counter() - t3, t2 - t1, t3 - t2))
         return {"times": times, "phases": phases, "outcomes": sorted(outcomes)}
 
+    def run_ps_pipelined(self, shards: list, specs: list, stop_at: float, min_updates: int) -> dict:
+        """run_ps with one more exchange in flight: push t is sent before push t-1's reply is
+        fetched and landed, so the gradient's put overlaps the shard's work (staleness 1 at K=1)."""
+        import ray
+        from ps_trainer.transport.ray_shard import Push, RayClient
+
+        client = RayClient(shards)
+        times, phases, outcomes = [], [], set()
+        snapshots = client.pull(worker=self.index)
+        pending = None
+        while time.time() < stop_at or len(times) < min_updates:
+            t1 = time.perf_counter()
+            self.land(specs, snapshots)
+            t2 = time.perf_counter()
+            clock = len(times) + 2
+            refs = [shards[s.index].exchange.remote(Push(self.grad[s.params[0]:s.params[1]], version,
+                                                         self.index, self.bn[s.buffers[0]:s.buffers[1]],
+                                                         s.index, clock))
+                    for s, (_, version) in zip(specs, snapshots)]
+            t3 = time.perf_counter()
+            if pending is not None:
+                replies = ray.get(pending)
+                outcomes.update(r.outcome for r, _ in replies)
+                del snapshots
+                snapshots = client.complete([m for _, m in replies], worker=self.index, clock=clock - 1)
+                times.append(time.time())
+                phases.append((time.perf_counter() - t3, t2 - t1, t3 - t2))
+            pending = refs
+        replies = ray.get(pending)
+        outcomes.update(r.outcome for r, _ in replies)
+        times.append(time.time())
+        return {"times": times, "phases": phases, "outcomes": sorted(outcomes)}
+
+    def run_store_pipelined(self, sinks: list, specs: list, stop_at: float, min_updates: int) -> dict:
+        """run_store with one more exchange in flight, as run_ps_pipelined."""
+        import ray
+
+        times, phases = [], []
+        snapshots = [(a, 0) for a in ray.get([r[0] for r in ray.get([s.pull.remote() for s in sinks])])]
+        pending = None
+        while time.time() < stop_at or len(times) < min_updates:
+            t1 = time.perf_counter()
+            self.land(specs, snapshots)
+            t2 = time.perf_counter()
+            refs = [k.exchange.remote(self.grad[s.params[0]:s.params[1]], self.bn[s.buffers[0]:s.buffers[1]])
+                    for k, s in zip(sinks, specs)]
+            t3 = time.perf_counter()
+            if pending is not None:
+                got = ray.get(pending)
+                del snapshots
+                snapshots = [(a, 0) for a in ray.get([r[0] for r in got])]
+                times.append(time.time())
+                phases.append((time.perf_counter() - t3, t2 - t1, t3 - t2))
+            pending = refs
+        ray.get(pending)
+        times.append(time.time())
+        return {"times": times, "phases": phases, "outcomes": ["none"]}
+
     def run_store(self, sinks: list, specs: list, stop_at: float, min_updates: int) -> dict:
         """(a): the same calls and bytes against do-nothing sinks."""
         import ray
@@ -238,6 +296,31 @@ class UpdateSink(Sink):
             self.avg.lerp_(self.w, 0.01)
             self.weights[self.params:] = bn
             return self.pull()
+
+
+def one_pass_ms(n: int, threads: int, repeats: int = 7) -> float:
+    """Wall ms of the one-pass push (core/fused_push.py) of one gradient over `n` parameters on
+    `threads` torch threads, alone on the machine: the least of `repeats` (host load only adds).
+    NaN where the kernel cannot run (no C compiler with AVX2)."""
+    from ps_trainer.core import fused_push, push_kernel as pk
+
+    if fused_push.library() is None:
+        return float("nan")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the kernel runs on torch's count
+
+    def array(value: float) -> torch.Tensor:
+        return torch.from_numpy(fused_push.aligned_empty(n)).fill_(value)
+
+    g, src, dst = array(GRAD), [array(0.01), array(0.0), array(0.01)], [array(0.0) for _ in range(3)]
+    hs = pk.numbers([(None, 0.05, 0.01)], 5e-4, 0.9)
+    times = []
+    for _ in range(repeats + 1):  # the first call faults the pages in: not counted
+        t = time.perf_counter()
+        fused_push.push(src, dst, [g], hs, True, True)
+        times.append(time.perf_counter() - t)
+    torch.set_num_threads(before)
+    return 1e3 * min(times[1:])
 
 
 def span_rate(times: list[list[float]]) -> float:
@@ -311,7 +394,7 @@ def run_cell(path: str, servers: list, specs: list, workers: list, a, rates: lis
     shards = servers if path == OURS else []
     before = ray.get([s.stats.remote() for s in shards])
     stop_at = time.time() + a.seconds
-    run = "run_ps" if path == OURS else "run_store"
+    run = ("run_ps" if path == OURS else "run_store") + ("_pipelined" if getattr(a, "pipelined", False) else "")
     outs = ray.get([getattr(w, run).remote(servers, specs, stop_at, a.min_updates) for w in workers])
     after = ray.get([s.stats.remote() for s in shards])
     counted = [y["pushes"] - x["pushes"] for x, y in zip(before, after)]
@@ -352,13 +435,15 @@ def main() -> None:
     ap.add_argument("--in-place", action="store_true",
                     help="shards check each gradient first and update in place (one_pass=False): "
                          "the path before the one-pass push (core/fused_push.py), for an A/B")
+    ap.add_argument("--pipelined", action="store_true",
+                    help="workers send each push before fetching the reply to the one before (both paths)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds; implies --no-write")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     a = ap.parse_args()
     a.docs_workers = [k for k in a.docs_workers if k > 0]
     if a.smoke:
         a.seconds, a.min_updates, a.rounds, a.no_write = 0.4, 2, 1, True
-        a.workers, a.shards, a.docs_workers, a.models = [1, 2], [2], [2], ["resnet50"]
+        a.workers, a.shards, a.docs_workers, a.models = [1, 2], [1, 2], [2], ["resnet50"]
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
@@ -370,6 +455,8 @@ def main() -> None:
     torch.set_num_threads(1)
     load = os.getloadavg()
     layouts = {m: layout_of(m, a.smoke) for m in a.models}
+    # the one-pass push of a whole model on one shard's threads, before any actor runs
+    a.pass_ms = {m: one_pass_ms(L.num_params, shard_threads(a, 1)) for m, L in layouts.items()}
     model_bytes = {m: 4 * (L.num_params + L.num_buffers) for m, L in layouts.items()}
     max_k = max(a.workers + a.docs_workers)
     store, need, avail = store_size(max_k, max(model_bytes.values()))
@@ -554,6 +641,7 @@ def report(a, layouts, model_bytes, rates, phases, cpu, checks, batched, store, 
               + by_k(vs_bare, a.workers) + ".",
               f"- Accounting: in every cell each shard counted exactly the pushes the workers made "
               f"({sum(u for _, u, _ in checks)} updates in all), every one applied."]
+    lines += ceiling(a, rates, ratios)
     lines += reading(a, rates, cpu, docs_model, S1, K4)
     lines += ["", copies_table(), "", where_time_goes(a, phases, cpu)]
     return "\n".join(lines)
@@ -565,13 +653,34 @@ def by_k(ratios: dict, workers: list[int]) -> str:
                      for K in workers)
 
 
+def cpu_ms(cpu: dict, key: tuple) -> float:
+    """CPU ms per update of a cell, all its process groups together (medians over rounds)."""
+    c = cpu.get(key)
+    return sum(1e3 * median([x[g] for x in c]) for g in c[0]) if c else float("nan")
+
+
+def ceiling(a, rates, ratios) -> list[str]:
+    """The most of (a)'s rate a server that answers each push with the weights after it can reach
+    at K=1, S=1, in this run's numbers. One worker waits for each answer, so nothing overlaps the
+    update: an update takes (a)'s time plus the pass (`one_pass_ms`, on the shard's threads)."""
+    if 1 not in a.workers or 1 not in a.shards or not all(p == p for p in a.pass_ms.values()):
+        return []
+    limit = {m: 1 / (1 + median(rates[(STORE, m, 1, 1)]) * a.pass_ms[m] / 1e3) for m in a.models}
+    return [f"- **The ceiling at K=1** (S=1): one worker waits for the answer to each push, so "
+            f"nothing overlaps the update, and an update takes (a)'s time plus one pass of the "
+            f"update (the one-pass push alone on {shard_threads(a, 1)} threads, measured in this "
+            f"run: " + ", ".join(f"{a.pass_ms[m]:.1f} ms for {m}" for m in a.models)
+            + "). Against (a)'s median rate, that is at most "
+            + ", ".join(f"{100 * limit[m]:.0f}% ({m})" for m in a.models)
+            + "; ps-trainer reached " + ", ".join(f"{100 * ratios[(m, 1, 1)]:.0f}%" for m in a.models)
+            + " of (a), " + ", ".join(f"{100 * ratios[(m, 1, 1)] / limit[m]:.0f}%" for m in a.models)
+            + " of that ceiling."]
+
+
 def reading(a, rates, cpu, model, S1, K4) -> list[str]:
     """What the CPU accounting says about the two targets, in this run's numbers."""
     def cost(path, S, K):  # (CPU ms per update, cores the path kept busy)
-        c = cpu.get((path, model, S, K))
-        if not c:
-            return float("nan"), float("nan")
-        ms = sum(1e3 * median([x[g] for x in c]) for g in c[0])
+        ms = cpu_ms(cpu, (path, model, S, K))
         return ms, ms * median(rates[(path, model, S, K)]) / 1e3
 
     if K4 not in a.workers:

@@ -14,8 +14,8 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def run(script: str, timeout: float = 180) -> str:
-    p = subprocess.run([sys.executable, str(BENCH / script), "--smoke"], capture_output=True,
+def run(script: str, *args: str, timeout: float = 180) -> str:
+    p = subprocess.run([sys.executable, str(BENCH / script), "--smoke", *args], capture_output=True,
                        text=True, timeout=timeout, env=ENV, cwd=BENCH.parent)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return p.stdout
@@ -27,8 +27,10 @@ CELL = re.compile(r"^round (\d+)  (ps-trainer|\(a\) object store|\(b\) Ray docs 
 
 
 @pytest.mark.slow  # starts Ray or runs a benchmark: the slow set keeps it from rotting
-def test_server_capacity_smoke_counts_every_update_on_every_path():
-    out = run("bench_server_capacity.py")
+@pytest.mark.parametrize("loop", ["", "--pipelined"])
+def test_server_capacity_smoke_counts_every_update_on_every_path(loop):
+    """`--pipelined`: the workers send each push before they fetch the reply to the one before."""
+    out = run("bench_server_capacity.py", *[x for x in [loop] if x])
     cells = CELL.findall(out)
     paths = {c[1] for c in cells}
     assert paths == {"ps-trainer", "(a) object store", "(b) Ray docs PS", "(c) store + update"}, out
@@ -45,7 +47,7 @@ def test_server_capacity_smoke_counts_every_update_on_every_path():
     # (25,557,032 + 53,120) / 100, in --smoke), the ratios are the rates' (one round: no medians)
     rows = re.findall(r"^\| resnet50 \| (\d+) \| (\d+) \| ([\d.]+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| "
                       r"(\d+)% \| (\d+)% \| (\d+)% \| (\d+)% \|$", out, re.M)
-    assert len(rows) == 2, out  # smoke: S=2, K=1 and 2
+    assert len(rows) == 4, out  # smoke: S=1 and 2, K=1 and 2
     for S, K, ours_rate, ours_mb, base_rate, bare_rate, pct, bare_pct, vs_bare, together in rows:
         assert 0 <= int(together) <= 100
         if K == "1":  # one worker pushes one gradient at a time: nothing ever queues
@@ -62,6 +64,18 @@ def test_server_capacity_smoke_counts_every_update_on_every_path():
     assert "| (b) Ray docs | 3: " in out and "| 9 |" in out  # the copy counts
     assert re.search(r"\*\*\(c\), the store plus the plainest update, against \(a\)\*\*.*K=1 \d+%", out)
     assert re.search(r"\*\*ps-trainer against \(c\)\*\*: \d+% at the median cell", out)
+    # the ceiling at K=1, S=1: (a)'s time per update plus the pass, against (a)'s
+    ceiling = re.search(r"measured in this run: ([\d.]+) ms for resnet50\)\. Against \(a\)'s median "
+                        r"rate, that is at most (\d+)% \(resnet50\); ps-trainer reached (\d+)% of \(a\), "
+                        r"(\d+)% of that ceiling\.", out)
+    assert ceiling, out
+    pass_ms, limit, reached, share = ceiling.groups()
+    s1k1 = [r for r in rows if r[:2] == ("1", "1")][0]
+    rate_a = float(s1k1[4])
+    expect = 100 / (1 + rate_a * float(pass_ms) / 1e3)
+    assert float(pass_ms) > 0 and abs(int(limit) - expect) <= 1 + 100 * rate_a * 0.05 / 1e3, out  # (ms shown to 0.1)
+    assert int(reached) == int(s1k1[6])  # the table's ps-trainer / (a)
+    assert abs(int(share) - 100 * int(reached) / int(limit)) <= 1 + 100 / int(limit)
 
 
 @pytest.mark.slow  # starts Ray or runs a benchmark: the slow set keeps it from rotting
