@@ -19,10 +19,10 @@ train: $(STAMP)                          ## the embedded default: digits, 4 asyn
 	$(BIN)/ps-train $(ARGS)
 
 test: $(STAMP)                           ## the default test run (< 10 min on 2 cores)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q --durations=15 $(ARGS)
 
 test-slow: $(STAMP)                      ## the slow tests (full-size models, long runs)
-	$(BIN)/python -m pytest -q -m slow $(ARGS)
+	$(BIN)/python -m pytest -q -m slow --durations=15 $(ARGS)
 
 $(REF_STAMP): pyproject.toml scripts/setup_reference.sh
 	bash scripts/setup_reference.sh $(REF_VENV) $(PY)

@@ -16,6 +16,9 @@ from above. Chunks are answered in order (one call at a time); the worker sends 
 update before it waits for any. Baseline in the same run: (a), the same calls and bytes against
 a server that only puts its weights (the capacity benchmark's sink), chunked the same way.
 
+First, before Ray starts, whether overlapping can pay here at all: a one-thread copy of the same
+floats and the one-thread pass, each in a process of its own, timed alone and side by side.
+
     python benchmarks/bench_chunked_push.py [--chunks 1 2 4 8] [--seconds 3] [--rounds 3]
 """
 
@@ -44,6 +47,57 @@ def bounds(i: int, C: int, n: int) -> tuple[int, int]:
     kernel's streaming stores write aligned lines)."""
     step = n // C // 16 * 16
     return i * step, (i + 1) * step if i < C - 1 else n
+
+
+def _copy_job(n: int, reps: int, out, start) -> None:
+    """One thread copying n floats, `reps` times: ms per copy."""
+    a = np.ones(n, np.float32)
+    b = a.copy()
+    start.wait()
+    t = time.perf_counter()
+    for _ in range(reps):
+        np.copyto(b, a)
+    out.put(("copy", 1e3 * (time.perf_counter() - t) / reps))
+
+
+def _pass_job(n: int, reps: int, out, start) -> None:
+    """The one-pass push over n floats on one thread, `reps` times: ms per pass."""
+    from ps_trainer.core import fused_push, push_kernel as pk
+
+    torch.set_num_threads(1)
+    src = [torch.from_numpy(fused_push.aligned_empty(n)).fill_(v) for v in (0.01, 0.0, 0.01)]
+    dst = [torch.from_numpy(fused_push.aligned_empty(n)).zero_() for _ in range(3)]
+    g, hs = torch.full((n,), 1e-4), pk.numbers([(None, 0.05, 0.01)], 5e-4, 0.9)
+    fused_push.push(src, dst, [g], hs, True, True)  # pages faulted in
+    start.wait()
+    t = time.perf_counter()
+    for _ in range(reps):
+        fused_push.push(src, dst, [g], hs, True, True)
+    out.put(("pass", 1e3 * (time.perf_counter() - t) / reps))
+
+
+def side_by_side(n: int, reps: int, rounds: int) -> dict:
+    """Whether the copies and the pass can overlap at all: each in a process of its own, one
+    thread each, alone and side by side (a copy with the pass, two copies). ms per operation,
+    medians over rounds: {setting: {job: ms}}."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")  # before Ray starts
+    settings = {"copy alone": [_copy_job], "pass alone": [_pass_job],
+                "copy + pass": [_copy_job, _pass_job], "copy + copy": [_copy_job, _copy_job]}
+    got: dict = {s: {} for s in settings}
+    for _ in range(rounds):
+        for name, jobs in settings.items():
+            out, start = ctx.Queue(), ctx.Barrier(len(jobs))
+            procs = [ctx.Process(target=j, args=(n, reps, out, start)) for j in jobs]
+            for p in procs:
+                p.start()
+            results = [out.get() for _ in procs]
+            for p in procs:
+                p.join()
+            for i, (job, ms) in enumerate(sorted(results)):
+                got[name].setdefault(job if name != "copy + copy" else f"copy {i + 1}", []).append(ms)
+    return {s: {j: statistics.median(v) for j, v in jobs.items()} for s, jobs in got.items()}
 
 
 class Store:
@@ -128,6 +182,8 @@ def main() -> None:
         print("no C compiler with AVX2 here: the one-pass push cannot run, nothing to measure")
         return
     load = os.getloadavg()
+    overlap = side_by_side(n, 3 if a.smoke else 10, a.rounds)
+    print(overlap, flush=True)
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
              _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False,
              object_store_memory=max(1 << 30, 8 * 4 * n),
@@ -145,13 +201,13 @@ def main() -> None:
             rates[(p, C)].append(ray.get(worker.run.remote(servers[p], C, a.seconds, min_updates)))
             print(f"round {r + 1}  {p:16} C={C}: {rates[(p, C)][-1]:.2f} updates/s", flush=True)
     ray.shutdown()
-    text = report(a, n, rates, (load, os.getloadavg()))
+    text = report(a, n, rates, overlap, (load, os.getloadavg()))
     print(text)
     if not a.no_write:
         write_section(SECTION, text)
 
 
-def report(a, n: int, rates: dict, loads) -> str:
+def report(a, n: int, rates: dict, overlap: dict, loads) -> str:
     base = rates[("(a) store", min(a.chunks))]
     lines = [f"Machine: {machine()}, {time.strftime('%Y-%m-%d')}; load average (1 min) "
              f"{loads[0][0]:.2f} before, {loads[1][0]:.2f} after. {n:,} floats, one worker, the "
@@ -170,7 +226,17 @@ def report(a, n: int, rates: dict, loads) -> str:
     best = max(a.chunks, key=lambda C: statistics.median(rates[("chunked one pass", C)]))
     lines += ["", f"- Best chunk count for the one pass: C={best} "
                   f"({statistics.median(rates[('chunked one pass', best)]):.2f} updates/s against "
-                  f"{one:.2f} unchunked)."]
+                  f"{one:.2f} unchunked).", "",
+              "Can a copy and the pass overlap at all? Each in a process of its own on one thread, "
+              "alone and side by side, ms per operation over the same floats (medians over rounds; "
+              "side by side takes no longer than alone where the two cores, not the memory, are "
+              "the limit):", "",
+              "| setting | copy, ms | pass, ms |", "| --- | ---: | ---: |"]
+    for name, jobs in overlap.items():
+        copies = [v for j, v in jobs.items() if j.startswith("copy")]
+        lines.append(f"| {name} | {' and '.join(f'{v:.1f}' for v in copies) or '-'} | "
+                     f"{jobs['pass']:.1f} |" if "pass" in jobs else
+                     f"| {name} | {' and '.join(f'{v:.1f}' for v in copies)} | - |")
     return "\n".join(lines)
 
 

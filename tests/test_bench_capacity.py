@@ -1,6 +1,6 @@
-"""The server-capacity and pull-path benchmarks (issue 15, items 1 and 2) in their smoke modes,
-as subprocesses on a real local Ray: every cell measured something, the shards counted exactly
-the pushes the workers made, the Ray docs' baseline ran, the tables add up."""
+"""The server-capacity, pull-path and chunked-push benchmarks (issue 15, items 1 and 2) in their
+smoke modes, as subprocesses on a real local Ray: every cell measured something, the shards
+counted exactly the pushes the workers made, the Ray docs' baseline ran, the tables add up."""
 
 import os
 import re
@@ -93,3 +93,21 @@ def test_pull_path_smoke_times_the_worker_against_get_plus_memcpy():
         assert float(q1) <= float(q2) <= float(q3)
     assert re.search(r"\*\*Worker pull = at most [\d.]+x the baseline\*\*.* With a landing copy "
                      r"\(a GPU worker's path, `land=\"copy\"`\): at most [\d.]+x\.", out)
+
+
+@pytest.mark.slow  # starts Ray or runs a benchmark: the slow set keeps it from rotting
+def test_chunked_push_smoke_measures_every_chunk_count_against_the_store():
+    out = run("bench_chunked_push.py")
+    if "nothing to measure" in out:
+        pytest.skip("no C compiler with AVX2: the one-pass push cannot run here")
+    rows = re.findall(r"^\| (\d+) \| ([\d.]+) \| ([\d.]+) \| (\d+)% \| (\d+)% \|$", out, re.M)
+    assert [r[0] for r in rows] == ["1", "2", "4", "8"], out
+    base = float(rows[0][1])  # (a) unchunked
+    for C, store, ours, vs_base, vs_same in rows:
+        assert float(store) > 0 and float(ours) > 0
+        # one round: the ratios are the rates' (shown to 0.01 updates/s, percentages to 1)
+        assert abs(int(vs_base) - 100 * float(ours) / base) <= 1
+        assert abs(int(vs_same) - 100 * float(ours) / float(store)) <= 1
+    best = max(rows, key=lambda r: float(r[2]))
+    assert re.search(rf"Best chunk count for the one pass: C={best[0]} \({best[2]} updates/s "
+                     rf"against {rows[0][2]} unchunked\)", out), out
