@@ -62,7 +62,9 @@ its model reads and the one arriving, and the servers'), 1.5 times that, at most
 
 With --pipelined, every worker (on the ps-trainer, (a) and (c) paths alike) sends each push before it
 fetches the reply to the one before, so its gradient's put overlaps the server's work; the
-weights it lands are then one version older at K=1, as with a GPU worker's prefetch.
+weights it lands are then one version older at K=1, as with a GPU worker's prefetch. (The table
+of one worker's update in wall time then reads differently: its push is the sending alone, its
+pull the wait for the reply to the push before.)
 
     python benchmarks/bench_server_capacity.py [--seconds 3] [--rounds 3] [--workers 1 4 16]
         [--shards 1 2 4] [--docs-workers 1 4] [--in-place] [--pipelined] [--smoke] [--no-write]
@@ -196,12 +198,12 @@ class ZeroWorker:
         client = RayClient(shards)
         times, phases, outcomes = [], [], set()
         snapshots = client.pull(worker=self.index)
-        pending = None
+        pending, clock = None, 0  # clock: the pushes sent, as a Worker counts them
         while time.time() < stop_at or len(times) < min_updates:
             t1 = time.perf_counter()
             self.land(specs, snapshots)
             t2 = time.perf_counter()
-            clock = len(times) + 2
+            clock += 1
             refs = [shards[s.index].exchange.remote(Push(self.grad[s.params[0]:s.params[1]], version,
                                                          self.index, self.bn[s.buffers[0]:s.buffers[1]],
                                                          s.index, clock))
